@@ -1,0 +1,429 @@
+"""CTDeepSeg: deep-learning segmentation and detection of CT and MRI in 3D Slicer.
+
+Scripted-module layout as in Slicer's template: ``CTDeepSeg`` (module metadata), ``CTDeepSegWidget`` (binds the
+``.ui`` panel to the logic and nothing more), ``CTDeepSegLogic`` (all the work, usable from the Python console
+with no GUI: ``slicer.util.getModuleLogic("CTDeepSeg")``) and ``CTDeepSegTest`` (the self-test).
+
+The heavy lifting lives in ``CTDeepSegLib`` (plain Python); ``CTDeepSegLib.mrml_bridge`` converts between its
+objects and MRML nodes. Nothing heavy is imported here at file scope: torch and MONAI load on first use, after
+the user agreed to install them if they are missing. Qt is imported only inside the widget, so the logic and
+the self-test also run on Slicer's non-GUI core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from CTDeepSegLib.dependencies import Requirement, missing_requirements
+from CTDeepSegLib.errors import CancelledError, CTDeepSegError
+from CTDeepSegLib.jobs import Job, Progress
+
+#
+# CTDeepSeg
+#
+
+
+class CTDeepSeg(ScriptedLoadableModule):
+    """Module metadata shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "CTDeepSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CTDeepSeg team"]
+        self.parent.helpText = (
+            "Deep-learning segmentation and lesion detection for CT and MRI: segment, detect, measure, clean up, "
+            "and turn corrected labels into training data. Work runs in the background with progress and "
+            "cancel. The same features are available from the Python console through "
+            '<code>slicer.util.getModuleLogic("CTDeepSeg")</code> and from the <code>ctdeepseg</code> command '
+            "line. The shipped models are demonstration models, not for clinical use."
+        )
+        self.parent.acknowledgementText = (
+            "Built on 3D Slicer, MONAI, PyTorch, torchvision and SimpleITK. Test cases come from the "
+            "pyradiomics project (BSD-3-Clause)."
+        )
+
+
+#
+# CTDeepSegWidget
+#
+
+
+class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds the widgets of ``Resources/UI/CTDeepSeg.ui`` to ``CTDeepSegLogic``."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._job: Job | None = None
+        self._onJobDone: Callable[[Any], None] | None = None
+        self._timer = None
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTDeepSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CTDeepSegLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._pollJob)
+
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.ui.createPhantomButton.connect("clicked(bool)", self.onCreatePhantom)
+        self.ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self._showProgress(False)
+        self.updateButtons()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self._job is not None:
+            self._job.cancel()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def updateButtons(self, *_args) -> None:
+        busy = self._job is not None
+        self.ui.createPhantomButton.enabled = not busy
+        self.ui.checkDependenciesButton.enabled = not busy
+
+    # ------------------------------------------------------------------ background work
+    def runInBackground(self, work: Callable[..., Any], onDone: Callable[[Any], None], title: str) -> None:
+        """Run ``work(progress=...)`` off the GUI thread; ``onDone(result)`` runs on the GUI thread after."""
+        self._job = Job(work).start()
+        self._onJobDone = onDone
+        self.ui.statusLabel.text = title
+        self._showProgress(True)
+        self.updateButtons()
+        self._timer.start()
+
+    def _showProgress(self, visible: bool) -> None:
+        self.ui.progressBar.visible = visible
+        self.ui.cancelButton.visible = visible
+        self.ui.progressBar.value = 0
+
+    def _pollJob(self) -> None:
+        job = self._job
+        info = job.latest
+        self.ui.progressBar.value = int(round(info.fraction * 100))
+        self.ui.statusLabel.text = str(info).strip()
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self._showProgress(False)
+        self.updateButtons()
+        try:
+            self._onJobDone(job.result())
+        except CancelledError as error:
+            self.ui.statusLabel.text = str(error)
+        except CTDeepSegError as error:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(str(error))
+        except Exception as error:  # a bug: show it, keep the session alive, keep the traceback in the log
+            logging.exception("CTDeepSeg failed")
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(f"CTDeepSeg failed unexpectedly: {error}", detailedText=str(error))
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
+
+    # ------------------------------------------------------------------ actions
+    def onCreatePhantom(self) -> None:
+        modality = self.ui.phantomModalityComboBox.currentText
+        seed = self.ui.phantomSeedSpinBox.value
+
+        def show(phantom) -> None:
+            volumeNode, _segmentationNode = self.logic.addPhantomToScene(phantom, f"Phantom {modality} {seed}")
+            self.ui.inputVolumeSelector.setCurrentNode(volumeNode)
+            slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+            self.ui.statusLabel.text = f"Phantom {seed} created with {len(phantom.lesions)} lesions."
+
+        self.runInBackground(
+            lambda progress: self.logic.makePhantom(seed=seed, modality=modality, progress=progress),
+            show,
+            "Creating phantom...",
+        )
+
+    def onCheckDependencies(self) -> None:
+        try:
+            installed = self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.statusLabel.text = (
+            f"Installed: {', '.join(installed)}." if installed else "All Python dependencies are installed."
+        )
+
+
+#
+# CTDeepSegLogic
+#
+
+
+class CTDeepSegLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, callable from scripts: takes and returns MRML nodes, needs no GUI.
+
+    Methods that take a ``progress`` argument accept a ``CTDeepSegLib.jobs.Progress`` (for a progress callback
+    and cancellation); they block until done, so a script can simply call them. The panel runs the engine part
+    on a worker thread and creates MRML nodes on the GUI thread, as MRML requires.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    # ------------------------------------------------------------------ Python dependencies
+    @staticmethod
+    def missingDependencies() -> list[Requirement]:
+        return missing_requirements()
+
+    def ensureDependencies(self, confirm: Callable[[str], bool] | None = None) -> list[str]:
+        """Install missing Python packages after ``confirm(message)`` agrees; returns what was installed.
+
+        torch comes from Slicer's PyTorch extension (which picks the build matching the GPU driver), the rest
+        from pip; SimpleITK is Slicer's own and never reinstalled. Without consent nothing is installed and a
+        ``CTDeepSegError`` says what is missing and how to install it later.
+        """
+        missing = self.missingDependencies()
+        if not missing:
+            return []
+        names = ", ".join(requirement.module for requirement in missing)
+        message = (
+            f"CTDeepSeg needs these Python packages, which are not installed yet: {names}. Installing them "
+            "downloads several hundred MB (PyTorch through the PyTorch extension) and may take a few minutes. "
+            "Install now?"
+        )
+        if confirm is None or not confirm(message):
+            raise CTDeepSegError(
+                f"CTDeepSeg cannot run without {names}. Nothing was installed. To install later, press "
+                "'Check dependencies' in the CTDeepSeg panel, or run in the Python console: "
+                'slicer.util.getModuleLogic("CTDeepSeg").ensureDependencies(confirm=lambda message: True)'
+            )
+        self._installTorch([r for r in missing if r.installed_by == "PyTorch extension"])
+        unowned = [r for r in missing if r.installed_by == "Slicer"]
+        if unowned:
+            raise CTDeepSegError(
+                f"{', '.join(r.module for r in unowned)} should come with Slicer but is missing; reinstall Slicer."
+            )
+        specs = [r.pip_spec for r in missing if r.installed_by == "pip"]
+        if specs:
+            slicer.util.pip_install(" ".join(specs))
+        still = [r.module for r in self.missingDependencies()]
+        if still:
+            raise CTDeepSegError(f"Installing {', '.join(still)} failed; see the Python console for pip's output.")
+        return [requirement.module for requirement in missing]
+
+    @staticmethod
+    def _installTorch(requirements: Sequence[Requirement]) -> None:
+        if not requirements:
+            return
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise CTDeepSegError(
+                "CTDeepSeg needs the PyTorch extension to install torch. Install 'PyTorch' from the Extensions "
+                "Manager, restart Slicer, then try again."
+            ) from None
+        specs = {r.module: r.pip_spec[len(r.module) :] for r in requirements}
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False,
+            torchVersionRequirement=specs.get("torch", ">=2.1"),
+            torchvisionVersionRequirement=specs.get("torchvision", ">=0.16"),
+        )
+        if torch is None:
+            raise CTDeepSegError("Installing PyTorch failed; see the PyTorch Utils module for details.")
+
+    # ------------------------------------------------------------------ volumes and nodes
+    @staticmethod
+    def volumeFromNode(volumeNode):
+        """The engine ``Volume`` (array, spacing, origin, direction in LPS) of a scalar volume node."""
+        from CTDeepSegLib.mrml_bridge import volume_from_node
+
+        return volume_from_node(volumeNode)
+
+    @staticmethod
+    def volumeToNode(volume, name: str, label: bool = False, node=None):
+        """A scalar (or label-map) volume node holding the engine ``volume`` with its exact geometry."""
+        from CTDeepSegLib.mrml_bridge import volume_to_node
+
+        return volume_to_node(volume, name, label=label, node=node)
+
+    def loadVolume(self, path: str, name: str | None = None, seriesUID: str | None = None):
+        """Read a volume file or DICOM series folder with the engine's reader (clear errors) into a new node."""
+        from pathlib import Path
+
+        from CTDeepSegLib.volume_io import read_volume
+
+        volume = read_volume(path, series_uid=seriesUID)
+        return self.volumeToNode(volume, name or Path(path).name.split(".")[0])
+
+    def saveVolume(self, volumeNode, path: str, overwrite: bool = False) -> None:
+        """Write a volume node to NIfTI, NRRD or MHA atomically; never replaces a file unless ``overwrite``."""
+        from CTDeepSegLib.volume_io import write_volume
+
+        write_volume(self.volumeFromNode(volumeNode), path, overwrite=overwrite)
+
+    @staticmethod
+    def labelsToSegmentation(labels, referenceNode, names, name: str):
+        """A segmentation node with one named, coloured segment per entry of ``names`` (value -> (name, RGB))."""
+        from CTDeepSegLib.mrml_bridge import labels_to_segmentation
+
+        return labels_to_segmentation(labels, names, referenceNode, name)
+
+    @staticmethod
+    def segmentationToLabels(segmentationNode, referenceNode=None, values=None):
+        """The segmentation as one label ``Volume`` on the reference volume's grid."""
+        from CTDeepSegLib.mrml_bridge import segmentation_to_labels
+
+        return segmentation_to_labels(segmentationNode, referenceNode, values)
+
+    @staticmethod
+    def boxesToRoiNodes(boxes, prefix: str = "Finding") -> list:
+        """One markups ROI node per ``Box``, named with its rank, label and score."""
+        from CTDeepSegLib.mrml_bridge import box_to_roi_node
+
+        return [
+            box_to_roi_node(box, f"{prefix} {rank}: {box.label} ({box.score:.2f})")
+            for rank, box in enumerate(boxes, start=1)
+        ]
+
+    @staticmethod
+    def rowsToTable(rows, name: str):
+        """A table node with one row per dictionary."""
+        from CTDeepSegLib.mrml_bridge import table_from_rows
+
+        return table_from_rows(rows, name)
+
+    # ------------------------------------------------------------------ sample data
+    @staticmethod
+    def makePhantom(seed: int = 0, modality: str = "CT", progress: Progress | None = None, **options):
+        """A synthetic phantom (engine objects only, safe on a worker thread); see ``CTDeepSegLib.phantom``."""
+        from CTDeepSegLib.phantom import make_phantom
+
+        progress = progress or Progress()
+        progress.update(0.0, "Creating phantom")
+        phantom = make_phantom(seed=seed, modality=modality, **options)
+        progress.update(1.0, "Phantom created")
+        return phantom
+
+    def addPhantomToScene(self, phantom, name: str = "Phantom"):
+        """Add a phantom's image and its true labels (as a segmentation) to the scene; returns both nodes."""
+        from CTDeepSegLib.phantom import LABEL_COLOURS, LABELS
+
+        volumeNode = self.volumeToNode(phantom.image, name)
+        names = {value: (LABELS[value], LABEL_COLOURS[value]) for value in LABELS}
+        segmentationNode = self.labelsToSegmentation(phantom.labels, volumeNode, names, f"{name} truth")
+        return volumeNode, segmentationNode
+
+    def createPhantom(self, seed: int = 0, modality: str = "CT", name: str | None = None, **options):
+        """Make a phantom and add it to the scene (console convenience); returns (volume, segmentation, lesions)."""
+        phantom = self.makePhantom(seed=seed, modality=modality, **options)
+        volumeNode, segmentationNode = self.addPhantomToScene(phantom, name or f"Phantom {modality} {seed}")
+        return volumeNode, segmentationNode, phantom.lesions
+
+
+#
+# CTDeepSegTest
+#
+
+
+class CTDeepSegTest(ScriptedLoadableModuleTest):
+    """The self-test Slicer runs (Reload and Test, CTest); it drives the logic on real MRML nodes."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_PhantomThroughLogic()
+        self.setUp()
+        self.test_ObliqueVolumeRoundTrip()
+        self.setUp()
+        self.test_FindingsAsRoisAndTable()
+
+    def test_PhantomThroughLogic(self) -> None:
+        """A phantom's labels survive volume node -> segmentation node -> labels exactly."""
+        import numpy as np
+
+        from CTDeepSegLib.phantom import LABELS, make_phantom
+
+        self.delayDisplay("Phantom through the logic")
+        logic = CTDeepSegLogic()
+        volumeNode, segmentationNode, lesions = logic.createPhantom(seed=11, shape=(24, 40, 40), spacing=(6, 6, 8))
+        truth = make_phantom(seed=11, shape=(24, 40, 40), spacing=(6, 6, 8))
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), len(LABELS))
+        self.assertEqual(
+            sorted(segmentation.GetNthSegment(i).GetName() for i in range(len(LABELS))), sorted(LABELS.values())
+        )
+        labels = logic.segmentationToLabels(segmentationNode)
+        np.testing.assert_array_equal(labels.array, truth.labels.array)
+        self.assertIsNone(truth.image.geometry_mismatch(logic.volumeFromNode(volumeNode)))
+        self.assertEqual(len(lesions), 4)
+        self.delayDisplay("Test passed")
+
+    def test_ObliqueVolumeRoundTrip(self) -> None:
+        """An oblique, anisotropic volume keeps voxels and geometry exactly through a volume node."""
+        import numpy as np
+
+        from CTDeepSegLib.volume import Volume
+
+        self.delayDisplay("Oblique volume round trip")
+        angle = np.deg2rad(25.0)
+        direction = np.array(
+            [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+        ) @ np.diag([1.0, -1.0, -1.0])
+        array = np.random.default_rng(3).normal(size=(7, 9, 11)).astype(np.float32)
+        volume = Volume(array, spacing=(0.7, 1.3, 4.0), origin=(10.0, -20.0, 35.5), direction=direction)
+        logic = CTDeepSegLogic()
+        node = logic.volumeToNode(volume, "oblique")
+        back = logic.volumeFromNode(node)
+        np.testing.assert_array_equal(back.array, array)
+        np.testing.assert_allclose(back.spacing, volume.spacing, atol=1e-9)
+        np.testing.assert_allclose(back.origin, volume.origin, atol=1e-9)
+        np.testing.assert_allclose(back.direction, volume.direction, atol=1e-9)
+        self.delayDisplay("Test passed")
+
+    def test_FindingsAsRoisAndTable(self) -> None:
+        """Lesion boxes become ROI nodes with the right RAS centre and size; figures become a table."""
+        import numpy as np
+
+        self.delayDisplay("Findings as ROIs and a table")
+        logic = CTDeepSegLogic()
+        _volume, _segmentation, lesions = logic.createPhantom(seed=5, shape=(24, 40, 40), spacing=(6, 6, 8))
+        rois = logic.boxesToRoiNodes([lesion.box for lesion in lesions])
+        for lesion, roi in zip(lesions, rois, strict=True):
+            centre = [0.0, 0.0, 0.0]
+            roi.GetCenter(centre)
+            lps = np.array(lesion.centre_lps_mm)
+            np.testing.assert_allclose(centre, [-lps[0], -lps[1], lps[2]], atol=1e-6)
+            np.testing.assert_allclose(roi.GetSize(), [2 * lesion.radius_mm] * 3, atol=1e-6)
+        table = logic.rowsToTable(
+            [{"organ": lesion.organ, "radius_mm": lesion.radius_mm} for lesion in lesions], "Lesions"
+        )
+        self.assertEqual(table.GetNumberOfRows(), len(lesions))
+        self.assertEqual(table.GetNumberOfColumns(), 2)
+        self.delayDisplay("Test passed")

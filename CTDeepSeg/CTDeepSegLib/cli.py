@@ -1,0 +1,161 @@
+"""The ``ctdeepseg`` command line: the engine for cohorts, scripts and CI, without Slicer.
+
+Every user-fixable problem ends with ``ctdeepseg: error: <message>`` on stderr and exit status 2; progress
+goes to stderr so stdout stays clean for results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .dependencies import REQUIREMENTS
+from .errors import CTDeepSegError
+from .jobs import Progress, ProgressInfo
+
+
+def _print_progress(info: ProgressInfo) -> None:
+    end = "\r" if sys.stderr.isatty() and info.fraction < 1 else "\n"
+    sys.stderr.write(f"{info}{' ' * 10}{end}")
+    sys.stderr.flush()
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return ["cpu (torch not installed: no inference possible)"]
+    devices = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps (Apple GPU)")
+    return [*devices, "cpu"]
+
+
+def command_info(_arguments: argparse.Namespace) -> int:
+    from .model_paths import find_model_folders, model_search_paths
+
+    print(f"CTDeepSeg {__version__}")
+    print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    for requirement in REQUIREMENTS:
+        print(f"  {requirement.module:<12} {_package_version(requirement.module)}")
+    print("Devices: " + ", ".join(_devices()))
+    models = find_model_folders()
+    print("Models:" if models else "Models: none found; searched " + ", ".join(map(str, model_search_paths())))
+    for folder in models:
+        card = json.loads((folder / "model.json").read_text())
+        print(f"  {card.get('name', folder.name)} {card.get('version', '')} ({folder})")
+    return 0
+
+
+def command_fetch_cases(arguments: argparse.Namespace) -> int:
+    from .real_cases import CASES, fetch_cases
+
+    folders = fetch_cases(arguments.names or None, cache=arguments.cache, progress=Progress(_print_progress))
+    for folder in folders:
+        case = CASES[folder.name]
+        print(f"{folder.name}: {folder}  [{case.modality}; licence {case.licence}]")
+    return 0
+
+
+def command_phantom(arguments: argparse.Namespace) -> int:
+    from .phantom import LABELS, make_phantom
+    from .volume_io import write_volume
+
+    output = Path(arguments.output)
+    names = ("image.nii.gz", "label.nii.gz", "lesions.json")
+    clashes = [name for name in names if (output / name).exists()]
+    if clashes and not arguments.overwrite:
+        raise CTDeepSegError(f"{output}: already holds {', '.join(clashes)}; choose another folder or --overwrite.")
+    phantom = make_phantom(
+        shape=arguments.shape[::-1],
+        spacing=arguments.spacing,
+        seed=arguments.seed,
+        modality=arguments.modality,
+        lung_lesions=arguments.lung_lesions,
+        liver_lesions=arguments.liver_lesions,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    write_volume(phantom.image, output / names[0], overwrite=arguments.overwrite)
+    write_volume(phantom.labels, output / names[1], overwrite=arguments.overwrite)
+    record = {
+        "labels": {str(value): name for value, name in LABELS.items()},
+        "lesions": [
+            {"organ": lesion.organ, "radius_mm": lesion.radius_mm, "contrast": lesion.contrast, **lesion.box.to_dict()}
+            for lesion in phantom.lesions
+        ],
+    }
+    (output / names[2]).write_text(json.dumps(record, indent=2))
+    print(f"Wrote {', '.join(str(output / name) for name in names)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
+    )
+    parser.add_argument("--version", action="version", version=f"ctdeepseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="print versions, compute devices and available models")
+    info.set_defaults(handler=command_info)
+
+    fetch = commands.add_parser("fetch-cases", help="fetch the small set of real scans into the user cache")
+    fetch.add_argument("names", nargs="*", help="cases to fetch (lung2, brain1, liver117); default all")
+    fetch.add_argument("--cache", type=Path, help="cache folder (default $CTDEEPSEG_CACHE or ~/.cache/ctdeepseg)")
+    fetch.set_defaults(handler=command_fetch_cases)
+
+    phantom = commands.add_parser("phantom", help="write a synthetic CT or MRI phantom with labels and lesion list")
+    phantom.add_argument("-o", "--output", required=True, help="output folder")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(96, 96, 64),
+        metavar=("I", "J", "K"),
+        help="voxels along i, j, k (default 96 96 64)",
+    )
+    phantom.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=(3.5, 3.5, 5.0),
+        metavar=("SI", "SJ", "SK"),
+        help="voxel spacing in mm (default 3.5 3.5 5)",
+    )
+    phantom.add_argument("--modality", choices=("CT", "MRI"), default="CT")
+    phantom.add_argument("--lung-lesions", type=int, default=2)
+    phantom.add_argument("--liver-lesions", type=int, default=2)
+    phantom.add_argument("--overwrite", action="store_true", help="replace existing files")
+    phantom.set_defaults(handler=command_phantom)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        return arguments.handler(arguments)
+    except CTDeepSegError as error:
+        print(f"ctdeepseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctdeepseg: interrupted; nothing partial was left behind.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

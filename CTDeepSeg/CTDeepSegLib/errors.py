@@ -1,0 +1,16 @@
+"""The one error type the engine raises for problems a user can fix.
+
+Callers (the Slicer panel, the command line, scripts) catch ``CTDeepSegError`` and show its message as is,
+so every message names the thing at fault (usually a file) and says what to do about it. Programming
+errors keep their ordinary Python exception types so they are not mistaken for bad input.
+"""
+
+from __future__ import annotations
+
+
+class CTDeepSegError(Exception):
+    """A problem with the user's input or environment, with a message meant to be shown to them."""
+
+
+class CancelledError(CTDeepSegError):
+    """Raised inside long work when the user pressed Cancel; the work leaves no partial output behind."""

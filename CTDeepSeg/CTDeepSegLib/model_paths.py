@@ -1,0 +1,31 @@
+"""Where CTDeepSeg looks for model folders (a folder holding a ``model.json`` card).
+
+In order: folders listed in ``$CTDEEPSEG_MODELS`` (separated by the OS path separator), the user's model
+folder (``$XDG_DATA_HOME/ctdeepseg/models``, default ``~/.local/share/ctdeepseg/models``, where fine-tuned
+models go), and the models shipped with the extension (``Resources/Models`` of the source tree or install).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def user_models_folder() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "ctdeepseg" / "models"
+
+
+def model_search_paths() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("CTDEEPSEG_MODELS", "").split(os.pathsep) if p]
+    return [*extra, user_models_folder(), SHIPPED_MODELS]
+
+
+def find_model_folders() -> list[Path]:
+    """Every model folder found on the search path, in search order."""
+    found = []
+    for root in model_search_paths():
+        if root.is_dir():
+            found.extend(sorted(card.parent for card in root.glob("*/model.json")))
+    return found

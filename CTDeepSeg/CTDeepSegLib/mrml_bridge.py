@@ -1,0 +1,272 @@
+"""The one place where MRML nodes and engine objects meet.
+
+It imports only ``slicer``, ``vtk`` and numpy, so it runs in the Slicer application and on PyPI's
+``slicer-core`` alike. Nothing else in ``CTDeepSegLib`` imports it; the scripted module does.
+
+Slicer stores geometry as an IJK-to-RAS matrix; the engine's ``Volume`` uses LPS (see ``volume.py``). The
+conversion is exact for oblique and anisotropic grids, and a volume under a linear transform is read in world
+coordinates, so what the engine sees is what the user sees in the slice views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import slicer
+import vtk
+from slicer import util
+
+from .boxes import Box
+from .errors import CTDeepSegError
+from .volume import LPS_TO_RAS, Volume
+
+LABEL_TAG = "CTDeepSeg.LabelValue"
+
+
+def _scene(scene: "slicer.vtkMRMLScene | None") -> "slicer.vtkMRMLScene":
+    return scene if scene is not None else slicer.mrmlScene
+
+
+def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(np.asarray(array, dtype=np.float64).ravel())
+    return matrix
+
+
+def _ijk_to_world_ras(node: "slicer.vtkMRMLVolumeNode") -> np.ndarray:
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    matrix = util.arrayFromVTKMatrix(ijk_to_ras)
+    transform_node = node.GetParentTransformNode()
+    if transform_node is not None:
+        if not transform_node.IsTransformToWorldLinear():
+            raise CTDeepSegError(
+                f"Volume '{node.GetName()}' is under a non-linear transform; harden the transform "
+                "(Data module: right-click, Harden transform) before using it."
+            )
+        to_world = vtk.vtkMatrix4x4()
+        transform_node.GetMatrixTransformToWorld(to_world)
+        matrix = util.arrayFromVTKMatrix(to_world) @ matrix
+    return matrix
+
+
+def volume_from_node(node: "slicer.vtkMRMLVolumeNode") -> Volume:
+    """Copy a scalar or label-map volume node into an engine ``Volume`` (world coordinates, LPS)."""
+    if node is None:
+        raise CTDeepSegError("No volume selected; choose an input volume first.")
+    if node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLTensorVolumeNode"):
+        raise CTDeepSegError(f"Volume '{node.GetName()}' is a colour or vector volume; select a scalar volume.")
+    if node.GetImageData() is None:
+        raise CTDeepSegError(f"Volume '{node.GetName()}' holds no image data; load or select another volume.")
+    return Volume.from_ijk_to_ras(util.arrayFromVolume(node).copy(), _ijk_to_world_ras(node))
+
+
+def volume_to_node(
+    volume: Volume,
+    name: str,
+    label: bool = False,
+    node: "slicer.vtkMRMLVolumeNode | None" = None,
+    scene: "slicer.vtkMRMLScene | None" = None,
+) -> "slicer.vtkMRMLVolumeNode":
+    """Put ``volume`` into ``node`` (or a new scalar / label-map volume node) with its exact geometry."""
+    if node is None:
+        node_class = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
+        node = _scene(scene).AddNewNodeByClass(node_class, name)
+    array = volume.array.astype(np.uint8) if volume.array.dtype == np.bool_ else volume.array
+    util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.SetIJKToRASMatrix(_vtk_matrix(volume.ijk_to_ras()))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _colour_table(
+    labels: Mapping[int, tuple[str, Sequence[float]]], scene: "slicer.vtkMRMLScene"
+) -> "slicer.vtkMRMLColorTableNode":
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName("__CTDeepSeg_colours__"))
+    table.SetTypeToUser()
+    table.SetHideFromEditors(True)
+    table.SetNumberOfColors(max(labels) + 1)
+    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    for value, (segment_name, colour) in labels.items():
+        table.SetColor(int(value), segment_name, *colour[:3], 1.0)
+    return table
+
+
+def _segments(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> list[tuple[str, "slicer.vtkSegment"]]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [
+        (segmentation.GetNthSegmentID(index), segmentation.GetNthSegment(index))
+        for index in range(segmentation.GetNumberOfSegments())
+    ]
+
+
+def labels_to_segmentation(
+    labels: Volume,
+    names: Mapping[int, tuple[str, Sequence[float]]],
+    reference_node: "slicer.vtkMRMLVolumeNode",
+    name: str,
+    scene: "slicer.vtkMRMLScene | None" = None,
+) -> "slicer.vtkMRMLSegmentationNode":
+    """Turn a label ``Volume`` into a segmentation node with one named, coloured segment per label value.
+
+    ``names`` maps label value to (segment name, RGB colour in 0..1). Every listed label gets a segment, an
+    empty one where the label is absent, so the clinician can paint any structure the model knows. Each
+    segment carries its label value in the ``CTDeepSeg.LabelValue`` tag, which ``segmentation_to_labels``
+    uses to write the same values back. The reference geometry is ``reference_node``'s grid.
+    """
+    scene = _scene(scene)
+    values = {int(v) for v in np.unique(labels.array)} - {0}
+    unknown = sorted(values - set(names))
+    if unknown:
+        raise CTDeepSegError(f"Label values {unknown} have no names; the label map does not match the model.")
+    table = _colour_table(names, scene)
+    labelmap = volume_to_node(labels, scene.GenerateUniqueName("__CTDeepSeg_labels__"), label=True, scene=scene)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    try:
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+        if values and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            labelmap, segmentation_node
+        ):
+            raise CTDeepSegError(f"Could not import the labels into segmentation '{name}'.")
+        by_name = {segment.GetName(): segment for _, segment in _segments(segmentation_node)}
+        segmentation = segmentation_node.GetSegmentation()
+        for value, (segment_name, colour) in sorted(names.items()):
+            segment = by_name.get(segment_name)
+            if segment is None:
+                segment_id = segmentation.AddEmptySegment("", segment_name, list(colour[:3]))
+                segment = segmentation.GetSegment(segment_id)
+            segment.SetTag(LABEL_TAG, str(int(value)))
+    except Exception:
+        scene.RemoveNode(segmentation_node)
+        raise
+    finally:
+        scene.RemoveNode(labelmap)
+        scene.RemoveNode(table)
+    return segmentation_node
+
+
+def segment_label_values(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", values: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Label value of each segment ID: its ``CTDeepSeg.LabelValue`` tag, else ``values[name]``, else the next free."""
+    values = dict(values or {})
+    result: dict[str, int] = {}
+    for segment_id, segment in _segments(segmentation_node):
+        tag = vtk.reference("")
+        if segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
+            result[segment_id] = int(str(tag))
+        elif segment.GetName() in values:
+            result[segment_id] = int(values[segment.GetName()])
+    for segment_id, _ in _segments(segmentation_node):
+        if segment_id not in result:
+            result[segment_id] = max([0, *result.values()]) + 1
+    return result
+
+
+def segmentation_to_labels(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode",
+    reference_node: "slicer.vtkMRMLVolumeNode | None" = None,
+    values: Mapping[str, int] | None = None,
+) -> Volume:
+    """The segmentation as one label ``Volume`` on ``reference_node``'s grid (default: its reference geometry).
+
+    Label values come from :func:`segment_label_values`; where segments overlap, the later segment wins.
+    """
+    scene = segmentation_node.GetScene()
+    if reference_node is None:
+        reference_node = segmentation_node.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        )
+    if reference_node is None:
+        raise CTDeepSegError(
+            f"Segmentation '{segmentation_node.GetName()}' has no reference volume; choose the volume it belongs to."
+        )
+    label_of = segment_label_values(segmentation_node, values)
+    names = {
+        label_of[segment_id]: (segment.GetName(), segment.GetColor())
+        for segment_id, segment in _segments(segmentation_node)
+    }
+    if len(names) != len(label_of):
+        raise CTDeepSegError(
+            f"Two segments of '{segmentation_node.GetName()}' share a label value; give each its own value."
+        )
+    reference = volume_from_node(reference_node)
+    if not label_of:
+        return reference.with_array(np.zeros(reference.shape, dtype=np.uint8))
+    table = _colour_table(names, scene)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("__CTDeepSeg_export__"))
+    try:
+        segment_ids = vtk.vtkStringArray()
+        for segment_id in label_of:
+            segment_ids.InsertNextValue(segment_id)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node,
+            segment_ids,
+            labelmap,
+            reference_node,
+            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+            table,
+        ):
+            raise CTDeepSegError(f"Could not export segmentation '{segmentation_node.GetName()}' to labels.")
+        array = util.arrayFromVolume(labelmap)
+        dtype = np.uint8 if max(label_of.values()) < 256 else np.uint16
+        return reference.with_array(array.astype(dtype))
+    finally:
+        scene.RemoveNode(labelmap)
+        scene.RemoveNode(table)
+
+
+def box_to_roi_node(box: Box, name: str, scene: "slicer.vtkMRMLScene | None" = None) -> "slicer.vtkMRMLMarkupsROINode":
+    """A markups ROI node covering ``box`` (oriented like the box, centre and size in RAS millimetres)."""
+    node = _scene(scene).AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = LPS_TO_RAS[:3, :3] @ box.axes
+    object_to_node[:3, 3] = LPS_TO_RAS[:3, :3] @ box.centre
+    node.SetAndObserveObjectToNodeMatrix(_vtk_matrix(object_to_node))
+    node.SetSize(*box.size)
+    return node
+
+
+def roi_node_to_box(node: "slicer.vtkMRMLMarkupsROINode", label: str = "lesion", score: float = 1.0) -> Box:
+    """The oriented box of an ROI node, in LPS (the inverse of :func:`box_to_roi_node`)."""
+    object_to_node = util.arrayFromVTKMatrix(node.GetObjectToNodeMatrix())
+    return Box(
+        LPS_TO_RAS[:3, :3] @ object_to_node[:3, 3],
+        np.array(node.GetSize()),
+        LPS_TO_RAS[:3, :3] @ object_to_node[:3, :3],
+        label=label,
+        score=score,
+    )
+
+
+def table_from_rows(
+    rows: Iterable[Mapping[str, object]], name: str, scene: "slicer.vtkMRMLScene | None" = None
+) -> "slicer.vtkMRMLTableNode":
+    """A table node with one row per mapping; numeric columns become numbers, others text."""
+    rows = list(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    node = _scene(scene).AddNewNodeByClass("vtkMRMLTableNode", name)
+    for column in columns:
+        cells = [row.get(column) for row in rows]
+        numeric = all(isinstance(cell, (int, float, np.number)) and not isinstance(cell, bool) for cell in cells)
+        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        array.SetName(column)
+        for cell in cells:
+            if numeric:
+                array.InsertNextValue(float(cell))
+            else:
+                array.InsertNextValue("" if cell is None else str(cell))
+        node.AddColumn(array)
+    return node
+
+
+def rows_from_table(node: "slicer.vtkMRMLTableNode") -> list[dict[str, object]]:
+    """The rows of a table node as dictionaries (numbers as floats, text as strings)."""
+    table = node.GetTable()
+    columns = [table.GetColumn(index) for index in range(table.GetNumberOfColumns())]
+    return [{column.GetName(): column.GetValue(row) for column in columns} for row in range(table.GetNumberOfRows())]
