@@ -23,6 +23,7 @@ REQUIREMENTS = (
     Requirement("monai", "monai>=1.4"),
     Requirement("safetensors", "safetensors>=0.4"),
     Requirement("scipy", "scipy>=1.10"),
+    Requirement("pykdtree", "pykdtree>=1.3"),
     Requirement("SimpleITK", "SimpleITK>=2.2", installed_by="Slicer"),
 )
 
