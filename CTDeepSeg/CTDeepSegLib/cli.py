@@ -102,6 +102,72 @@ def command_phantom(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_evaluate(arguments: argparse.Namespace) -> int:
+    from .evaluation import evaluate_case, evaluate_folders, format_table, parse_labels, write_results
+    from .metrics import summarise
+
+    prediction, reference = Path(arguments.prediction), Path(arguments.reference)
+    labels = parse_labels(arguments.labels)
+    if prediction.is_dir() != reference.is_dir():
+        raise CTDeepSegError("PRED and REF must both be files (one case) or both be folders (a cohort).")
+    if reference.is_dir():
+        if arguments.output is None:
+            raise CTDeepSegError("Evaluating folders writes tables and a report: give an output folder with -o.")
+        rows, problems = evaluate_folders(prediction, reference, labels, Progress(_print_progress))
+    else:
+        rows, problems = evaluate_case(prediction, reference, labels, prediction.name), []
+    columns = ("case", "name", "status", "dice", "hd_mm", "hd95_mm", "assd_mm", "volume_pred_ml", "volume_ref_ml")
+    print(format_table(rows, columns))
+    if reference.is_dir():
+        summary_columns = (
+            "name",
+            "cases",
+            "failures",
+            "dice_mean",
+            "dice_std",
+            "dice_median",
+            "hd95_mm_mean",
+            "assd_mm_mean",
+        )
+        print("\n" + format_table(summarise(rows), summary_columns))
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if arguments.output is not None:
+        written = write_results(
+            rows, problems, Path(arguments.output), report=not arguments.no_report, overwrite=arguments.overwrite
+        )
+        print("Wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def command_postprocess(arguments: argparse.Namespace) -> int:
+    from .evaluation import parse_labels
+    from .postprocess import postprocess, steps_from_options
+    from .volume_io import read_label, write_volume
+
+    steps = steps_from_options(
+        arguments.fill_holes,
+        arguments.fill_holes_plane,
+        arguments.min_island_mm3,
+        arguments.keep_largest,
+        arguments.closing_mm,
+        arguments.opening_mm,
+    )
+    output = Path(arguments.output)
+    if output.exists() and not arguments.overwrite:
+        raise CTDeepSegError(f"{output}: already exists; choose another name or --overwrite.")
+    labels = read_label(arguments.input)
+    selected = parse_labels(arguments.labels)
+    cleaned, changes = postprocess(
+        labels, steps, None if selected is None else list(selected), Progress(_print_progress)
+    )
+    for change in changes:
+        print(change)
+    write_volume(cleaned, output, overwrite=arguments.overwrite)
+    print(f"Wrote {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
@@ -141,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--liver-lesions", type=int, default=2)
     phantom.add_argument("--overwrite", action="store_true", help="replace existing files")
     phantom.set_defaults(handler=command_phantom)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Dice, Hausdorff and surface distances of a segmentation (or a folder of them) against references",
+    )
+    evaluate.add_argument("prediction", metavar="PRED", help="label volume, or folder of them (matched by file name)")
+    evaluate.add_argument("reference", metavar="REF", help="reference label volume, or folder of them")
+    evaluate.add_argument(
+        "--labels", help="label values to score, optionally named: 1,2 or 1:liver,2:tumour (default: every label found)"
+    )
+    evaluate.add_argument("-o", "--output", help="folder for metrics.csv, summary.csv, metrics.json, report.html")
+    evaluate.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    clean = commands.add_parser("postprocess", help="fill holes, remove islands, keep largest, close, open")
+    clean.add_argument("input", help="label volume")
+    clean.add_argument("-o", "--output", required=True, help="cleaned label volume to write")
+    clean.add_argument("--fill-holes", action="store_true", help="fill cavities enclosed in 3D")
+    clean.add_argument(
+        "--fill-holes-plane",
+        choices=("axial", "coronal", "sagittal"),
+        help="also fill cavities closed in each slice of this plane",
+    )
+    clean.add_argument("--min-island-mm3", type=float, help="remove components smaller than this volume")
+    clean.add_argument("--keep-largest", type=int, metavar="N", help="keep only the N largest components")
+    clean.add_argument("--closing-mm", type=float, help="morphological closing with a ball of this radius")
+    clean.add_argument("--opening-mm", type=float, help="morphological opening with a ball of this radius")
+    clean.add_argument("--labels", help="label values to clean (default: all)")
+    clean.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    clean.set_defaults(handler=command_postprocess)
     return parser
 
 

@@ -149,14 +149,15 @@ def labels_to_segmentation(
 
 
 def segment_label_values(
-    segmentation_node: "slicer.vtkMRMLSegmentationNode", values: Mapping[str, int] | None = None
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", values: Mapping[str, int] | None = None, use_tags: bool = True
 ) -> dict[str, int]:
-    """Label value of each segment ID: its ``CTDeepSeg.LabelValue`` tag, else ``values[name]``, else the next free."""
+    """Label value of each segment ID: its ``CTDeepSeg.LabelValue`` tag (if ``use_tags``), else ``values[name]``,
+    else the next free value."""
     values = dict(values or {})
     result: dict[str, int] = {}
     for segment_id, segment in _segments(segmentation_node):
         tag = vtk.reference("")
-        if segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
+        if use_tags and segment.GetTag(LABEL_TAG, tag) and str(tag).isdigit():
             result[segment_id] = int(str(tag))
         elif segment.GetName() in values:
             result[segment_id] = int(values[segment.GetName()])
@@ -170,21 +171,19 @@ def segmentation_to_labels(
     segmentation_node: "slicer.vtkMRMLSegmentationNode",
     reference_node: "slicer.vtkMRMLVolumeNode | None" = None,
     values: Mapping[str, int] | None = None,
+    use_tags: bool = True,
 ) -> Volume:
     """The segmentation as one label ``Volume`` on ``reference_node``'s grid (default: its reference geometry).
 
     Label values come from :func:`segment_label_values`; where segments overlap, the later segment wins.
     """
     scene = segmentation_node.GetScene()
-    if reference_node is None:
-        reference_node = segmentation_node.GetNodeReference(
-            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        )
+    reference_node = reference_node or reference_volume_node(segmentation_node)
     if reference_node is None:
         raise CTDeepSegError(
             f"Segmentation '{segmentation_node.GetName()}' has no reference volume; choose the volume it belongs to."
         )
-    label_of = segment_label_values(segmentation_node, values)
+    label_of = segment_label_values(segmentation_node, values, use_tags)
     names = {
         label_of[segment_id]: (segment.GetName(), segment.GetColor())
         for segment_id, segment in _segments(segmentation_node)
@@ -217,6 +216,36 @@ def segmentation_to_labels(
     finally:
         scene.RemoveNode(labelmap)
         scene.RemoveNode(table)
+
+
+def reference_volume_node(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> "slicer.vtkMRMLVolumeNode | None":
+    """The volume a segmentation was drawn on (its reference geometry node), if any."""
+    return segmentation_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+
+
+def update_segments_from_labels(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode",
+    labels: Volume,
+    label_of: Mapping[str, int],
+    reference_node: "slicer.vtkMRMLVolumeNode",
+) -> None:
+    """Replace each segment's voxels by ``labels == label_of[segment ID]``, keeping names, colours and tags."""
+    for segment_id, value in label_of.items():
+        mask = (labels.array == value).astype(np.uint8)
+        util.updateSegmentBinaryLabelmapFromArray(mask, segmentation_node, segment_id, reference_node)
+
+
+def copy_segmentation(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", name: str
+) -> "slicer.vtkMRMLSegmentationNode":
+    """A new segmentation node with the same segments (voxels, names, colours, tags) and reference geometry."""
+    copy = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    copy.CreateDefaultDisplayNodes()
+    copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+    reference = reference_volume_node(segmentation_node)
+    if reference is not None:
+        copy.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    return copy
 
 
 def box_to_roi_node(box: Box, name: str, scene: "slicer.vtkMRMLScene | None" = None) -> "slicer.vtkMRMLMarkupsROINode":

@@ -139,6 +139,38 @@ def _step_mask(name: str, options: Mapping, mask: np.ndarray, volume: Volume) ->
     )
 
 
+def steps_from_options(
+    fill_holes: bool = False,
+    fill_holes_plane: str | None = None,
+    min_island_mm3: float | None = None,
+    keep_largest: int | None = None,
+    closing_mm: float | None = None,
+    opening_mm: float | None = None,
+) -> list[dict]:
+    """Steps for the chosen options, in a fixed order: close gaps, fill holes, open, drop islands, keep largest.
+
+    The order is the one that makes sense for network output: closing first so that gaps do not open holes
+    to the outside, island removal last so that pieces cut off by opening are removed too.
+    """
+    steps: list[dict] = []
+    if closing_mm:
+        steps.append({"step": "closing", "radius_mm": closing_mm})
+    if fill_holes or fill_holes_plane:
+        steps.append({"step": "fill_holes", "plane": fill_holes_plane})
+    if opening_mm:
+        steps.append({"step": "opening", "radius_mm": opening_mm})
+    if min_island_mm3:
+        steps.append({"step": "remove_islands", "min_volume_mm3": min_island_mm3})
+    if keep_largest:
+        steps.append({"step": "keep_largest", "count": keep_largest})
+    if not steps:
+        raise CTDeepSegError(
+            "No post-processing step chosen; choose hole filling, a minimum island volume, a number of largest "
+            "components to keep, or a closing or opening radius."
+        )
+    return steps
+
+
 def postprocess(
     labels: Volume,
     steps: Iterable[Mapping],
