@@ -317,6 +317,139 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
 
         return table_from_rows(rows, name)
 
+    # ------------------------------------------------------------------ evaluation
+    @staticmethod
+    def comparisonLabels(segmentationNode, referenceSegmentationNode, referenceVolumeNode=None):
+        """Both segmentations as label volumes on one grid, segments matched by name (case-insensitive).
+
+        Returns (prediction labels, reference labels, {value: name}); runs on the GUI thread (MRML access).
+        """
+        from CTDeepSegLib.mrml_bridge import reference_volume_node, segmentation_to_labels
+
+        names: dict[str, str] = {}
+        for node in (segmentationNode, referenceSegmentationNode):
+            segmentation = node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                name = segmentation.GetNthSegment(index).GetName()
+                names.setdefault(name.lower(), name)
+        values = {key: value for value, key in enumerate(names, start=1)}
+        referenceVolumeNode = (
+            referenceVolumeNode
+            or reference_volume_node(referenceSegmentationNode)
+            or reference_volume_node(segmentationNode)
+        )
+
+        def labelsOf(node):
+            byName = {
+                node.GetSegmentation().GetNthSegment(i).GetName(): values[
+                    node.GetSegmentation().GetNthSegment(i).GetName().lower()
+                ]
+                for i in range(node.GetSegmentation().GetNumberOfSegments())
+            }
+            return segmentation_to_labels(node, referenceVolumeNode, byName, use_tags=False)
+
+        labelNames = {value: names[key] for key, value in values.items()}
+        return labelsOf(segmentationNode), labelsOf(referenceSegmentationNode), labelNames
+
+    @staticmethod
+    def compareLabels(prediction, reference, labelNames, progress: Progress | None = None) -> list[dict]:
+        """Figures per label (engine only, safe on a worker thread); see ``CTDeepSegLib.metrics``."""
+        from CTDeepSegLib.metrics import compare_labels
+
+        progress = progress or Progress()
+        progress.update(0.0, "Measuring")
+        rows = [metrics.as_row() for metrics in compare_labels(prediction, reference, labelNames)]
+        progress.update(1.0, "Measured")
+        return rows
+
+    def showComparison(self, rows: list[dict], name: str = "CTDeepSeg comparison"):
+        """A table node with one row per segment and a bar chart of Dice per segment; returns both."""
+        from CTDeepSegLib.metrics import SUMMARY_FIELDS
+
+        columns = ("name", "status", *SUMMARY_FIELDS)
+        table = self.rowsToTable([{column: row[column] for column in columns} for row in rows], name)
+        scene = table.GetScene()
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} Dice")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        series.SetLabelColumnName("name")
+        series.SetYColumnName("dice")
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Dice per segment")
+        chart.SetYAxisTitle("Dice")
+        return table, chart
+
+    def compare(self, segmentationNode, referenceSegmentationNode, referenceVolumeNode=None, name: str | None = None):
+        """Compare a segmentation with a reference segmentation, segment by segment (matched by name).
+
+        Fills a table node (Dice, Jaccard, Hausdorff, HD95, surface distances in mm, volumes in mL,
+        sensitivity, precision; empty cells where a figure is undefined) and a Dice bar chart; returns both.
+        """
+        prediction, reference, labelNames = self.comparisonLabels(
+            segmentationNode, referenceSegmentationNode, referenceVolumeNode
+        )
+        rows = self.compareLabels(prediction, reference, labelNames)
+        return self.showComparison(
+            rows, name or f"{segmentationNode.GetName()} vs {referenceSegmentationNode.GetName()}"
+        )
+
+    # ------------------------------------------------------------------ post-processing
+    @staticmethod
+    def postprocessLabels(labels, steps, progress: Progress | None = None):
+        """Engine part of post-processing (safe on a worker thread); returns (labels, changes)."""
+        from CTDeepSegLib.postprocess import postprocess
+
+        return postprocess(labels, steps, progress=progress)
+
+    @staticmethod
+    def postprocessingSteps(
+        fillHoles: bool = False,
+        fillHolesPlane: str | None = None,
+        minIslandMm3: float | None = None,
+        keepLargest: int | None = None,
+        closingMm: float | None = None,
+        openingMm: float | None = None,
+    ) -> list[dict]:
+        from CTDeepSegLib.postprocess import steps_from_options
+
+        return steps_from_options(fillHoles, fillHolesPlane, minIslandMm3, keepLargest, closingMm, openingMm)
+
+    @staticmethod
+    def applyCleanedLabels(segmentationNode, cleaned, inPlace: bool = False):
+        """Write cleaned labels back: into a copy named '<name> cleaned' (default, so nothing is lost) or in place."""
+        from CTDeepSegLib.mrml_bridge import (
+            copy_segmentation,
+            reference_volume_node,
+            segment_label_values,
+            update_segments_from_labels,
+        )
+
+        target = (
+            segmentationNode
+            if inPlace
+            else copy_segmentation(segmentationNode, f"{segmentationNode.GetName()} cleaned")
+        )
+        update_segments_from_labels(target, cleaned, segment_label_values(target), reference_volume_node(target))
+        return target
+
+    def postprocess(self, segmentationNode, inPlace: bool = False, progress: Progress | None = None, **options):
+        """Clean a segmentation: ``fillHoles``, ``fillHolesPlane``, ``minIslandMm3``, ``keepLargest``,
+        ``closingMm``, ``openingMm``. Works on a copy unless ``inPlace``; returns (segmentation node, changes),
+        one change per step and segment with the voxels and mL added and removed.
+        """
+        from CTDeepSegLib.mrml_bridge import segment_label_values
+
+        steps = self.postprocessingSteps(**options)
+        labels = self.segmentationToLabels(segmentationNode)
+        cleaned, changes = self.postprocessLabels(labels, steps, progress)
+        target = self.applyCleanedLabels(segmentationNode, cleaned, inPlace)
+        nameOf = {
+            value: target.GetSegmentation().GetSegment(segmentId).GetName()
+            for segmentId, value in segment_label_values(target).items()
+        }
+        return target, [dict(vars(change), segment=nameOf.get(change.label, "")) for change in changes]
+
     # ------------------------------------------------------------------ sample data
     @staticmethod
     def makePhantom(seed: int = 0, modality: str = "CT", progress: Progress | None = None, **options):
@@ -363,6 +496,8 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.test_ObliqueVolumeRoundTrip()
         self.setUp()
         self.test_FindingsAsRoisAndTable()
+        self.setUp()
+        self.test_CompareAndPostprocess()
 
     def test_PhantomThroughLogic(self) -> None:
         """A phantom's labels survive volume node -> segmentation node -> labels exactly."""
@@ -426,4 +561,42 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         )
         self.assertEqual(table.GetNumberOfRows(), len(lesions))
         self.assertEqual(table.GetNumberOfColumns(), 2)
+        self.delayDisplay("Test passed")
+
+    def test_CompareAndPostprocess(self) -> None:
+        """Comparing a shifted liver gives the shift as Hausdorff distance; clean-up fills a hole in a copy."""
+        import numpy as np
+
+        from CTDeepSegLib.phantom import LABEL_COLOURS, LABELS
+
+        self.delayDisplay("Compare and post-process")
+        logic = CTDeepSegLogic()
+        volumeNode, truthNode, _ = logic.createPhantom(seed=3, shape=(24, 40, 40), spacing=(6, 6, 8))
+        labels = logic.segmentationToLabels(truthNode).array.copy()
+        liver = labels == 2
+        labels[liver] = 0
+        labels[np.roll(liver, 1, axis=2) & (labels == 0)] = 2
+        names = {value: (LABELS[value], LABEL_COLOURS[value]) for value in LABELS}
+        imageVolume = logic.volumeFromNode(volumeNode)
+        predictionNode = logic.labelsToSegmentation(imageVolume.with_array(labels), volumeNode, names, "prediction")
+
+        table, chart = logic.compare(predictionNode, truthNode)
+        self.assertEqual(table.GetNumberOfRows(), len(LABELS))
+        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 1)
+        rows = {table.GetCellText(row, 0): row for row in range(table.GetNumberOfRows())}
+        column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+        self.assertEqual(float(table.GetCellText(rows["lung"], column["dice"])), 1.0)
+        self.assertAlmostEqual(float(table.GetCellText(rows["liver"], column["hd_mm"])), 6.0, places=6)
+
+        hole = tuple(np.argwhere(labels == 2)[len(np.argwhere(labels == 2)) // 2])
+        labels[hole] = 0
+        logic.applyCleanedLabels(predictionNode, imageVolume.with_array(labels), inPlace=True)
+        cleanedNode, changes = logic.postprocess(predictionNode, fillHoles=True)
+        self.assertNotEqual(cleanedNode.GetID(), predictionNode.GetID())
+        self.assertEqual(logic.segmentationToLabels(cleanedNode).array[hole], 2)
+        self.assertEqual(logic.segmentationToLabels(predictionNode).array[hole], 0)
+        liverChange = [change for change in changes if change["segment"] == "liver"][0]
+        added = np.count_nonzero(logic.segmentationToLabels(cleanedNode).array == 2) - np.count_nonzero(labels == 2)
+        self.assertEqual(liverChange["voxels_added"], added)
+        self.assertGreaterEqual(added, 1)
         self.delayDisplay("Test passed")
