@@ -90,6 +90,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.createPhantomButton.connect("clicked(bool)", self.onCreatePhantom)
         self.ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self._showProgress(False)
         self.updateButtons()
@@ -105,8 +107,13 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self, *_args) -> None:
         busy = self._job is not None
-        self.ui.createPhantomButton.enabled = not busy
-        self.ui.checkDependenciesButton.enabled = not busy
+        for button in (
+            self.ui.createPhantomButton,
+            self.ui.checkDependenciesButton,
+            self.ui.compareButton,
+            self.ui.postprocessButton,
+        ):
+            button.enabled = not busy
 
     # ------------------------------------------------------------------ background work
     def runInBackground(self, work: Callable[..., Any], onDone: Callable[[Any], None], title: str) -> None:
@@ -166,6 +173,62 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda progress: self.logic.makePhantom(seed=seed, modality=modality, progress=progress),
             show,
             "Creating phantom...",
+        )
+
+    def onCompare(self) -> None:
+        segmentationNode = self.ui.evaluationSegmentationSelector.currentNode()
+        referenceNode = self.ui.referenceSegmentationSelector.currentNode()
+        if segmentationNode is None or referenceNode is None:
+            slicer.util.errorDisplay("Choose both a segmentation and a reference segmentation to compare.")
+            return
+        try:
+            prediction, reference, names = self.logic.comparisonLabels(segmentationNode, referenceNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+
+        def show(rows) -> None:
+            table, chart = self.logic.showComparison(rows, f"{segmentationNode.GetName()} vs {referenceNode.GetName()}")
+            self.ui.comparisonTableView.setMRMLTableNode(table)
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+            self.ui.statusLabel.text = f"Compared {len(rows)} segments."
+
+        self.runInBackground(
+            lambda progress: self.logic.compareLabels(prediction, reference, names, progress), show, "Measuring..."
+        )
+
+    def onPostprocess(self) -> None:
+        segmentationNode = self.ui.postprocessSegmentationSelector.currentNode()
+        if segmentationNode is None:
+            slicer.util.errorDisplay("Choose a segmentation to clean up.")
+            return
+        plane = self.ui.fillHolesPlaneComboBox.currentIndex
+        try:
+            steps = self.logic.postprocessingSteps(
+                fillHoles=self.ui.fillHolesCheckBox.checked,
+                fillHolesPlane=None if plane == 0 else self.ui.fillHolesPlaneComboBox.currentText.lower(),
+                minIslandMm3=self.ui.minIslandSpinBox.value or None,
+                keepLargest=self.ui.keepLargestSpinBox.value or None,
+                closingMm=self.ui.closingSpinBox.value or None,
+                openingMm=self.ui.openingSpinBox.value or None,
+            )
+            labels = self.logic.segmentationToLabels(segmentationNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        inPlace = self.ui.inPlaceCheckBox.checked
+
+        def apply(result) -> None:
+            cleaned, changes = result
+            target = self.logic.applyCleanedLabels(segmentationNode, cleaned, inPlace)
+            self.ui.postprocessSegmentationSelector.setCurrentNode(target)
+            lines = [str(change) for change in changes if change.voxels_added or change.voxels_removed]
+            self.ui.statusLabel.text = f"Cleaned into '{target.GetName()}'.\n" + (
+                "\n".join(lines) or "Nothing changed."
+            )
+
+        self.runInBackground(
+            lambda progress: self.logic.postprocessLabels(labels, steps, progress), apply, "Cleaning up..."
         )
 
     def onCheckDependencies(self) -> None:
