@@ -71,6 +71,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job: Job | None = None
         self._onJobDone: Callable[[Any], None] | None = None
         self._timer = None
+        self._models: list = []
 
     def setup(self) -> None:
         import qt
@@ -91,9 +92,12 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self._showProgress(False)
+        self.refreshModels()
         self.updateButtons()
 
     def cleanup(self) -> None:
@@ -107,6 +111,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self, *_args) -> None:
         busy = self._job is not None
+        self.ui.segmentButton.enabled = not busy and self.ui.inputVolumeSelector.currentNode() is not None
         for button in (
             self.ui.createPhantomButton,
             self.ui.checkDependenciesButton,
@@ -173,6 +178,50 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             lambda progress: self.logic.makePhantom(seed=seed, modality=modality, progress=progress),
             show,
             "Creating phantom...",
+        )
+
+    def refreshModels(self) -> None:
+        self._models = self.logic.availableModels()
+        self.ui.modelComboBox.clear()
+        for card in self._models:
+            self.ui.modelComboBox.addItem(f"{card.name} {card['version']}")
+        self.onModelChanged()
+
+    def onModelChanged(self, *_args) -> None:
+        index = self.ui.modelComboBox.currentIndex
+        if not self._models or index < 0:
+            self.ui.modelDescriptionLabel.text = (
+                "No model found. Train one with `ctdeepseg train` or add a MONAI bundle."
+            )
+            return
+        card = self._models[index]
+        labels = ", ".join(label.name for label in card.labels)
+        self.ui.modelDescriptionLabel.text = f"{card.get('description', '')}\nLabels: {labels}"
+
+    def onSegment(self) -> None:
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        index = self.ui.modelComboBox.currentIndex
+        if volumeNode is None or index < 0:
+            slicer.util.errorDisplay("Choose an input volume and a model first.")
+            return
+        try:
+            self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
+            volume = self.logic.volumeFromNode(volumeNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        folder = self._models[index].folder
+        device = self.ui.deviceComboBox.currentText
+
+        def show(result) -> None:
+            segmentationNode = self.logic.addSegmentation(result, volumeNode)
+            self.ui.evaluationSegmentationSelector.setCurrentNode(segmentationNode)
+            self.ui.postprocessSegmentationSelector.setCurrentNode(segmentationNode)
+            notes = " ".join(result.notes)
+            self.ui.statusLabel.text = f"Segmented in {result.seconds:.1f} s on {result.device}. {notes}".strip()
+
+        self.runInBackground(
+            lambda progress: self.logic.segmentVolume(volume, folder, device, progress), show, "Segmenting..."
         )
 
     def onCompare(self) -> None:
@@ -379,6 +428,49 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         from CTDeepSegLib.mrml_bridge import table_from_rows
 
         return table_from_rows(rows, name)
+
+    # ------------------------------------------------------------------ segmentation
+    @staticmethod
+    def availableModels() -> list:
+        """Cards of every model found (shipped, user folder, MONAI bundles)."""
+        from CTDeepSegLib.model_store import available_models
+
+        return available_models()
+
+    @staticmethod
+    def segmentVolume(volume, model=None, device: str = "auto", progress: Progress | None = None, **options):
+        """Engine part of segmentation (safe on a worker thread): returns a ``SegmentationResult``.
+
+        ``model`` is a model name, a model or bundle folder, or None for the shipped CT model.
+        """
+        from CTDeepSegLib.inference import segment_volume
+        from CTDeepSegLib.model_store import open_model
+
+        progress = progress or Progress()
+        progress.update(0.0, "Loading model")
+        card, network = open_model(model)
+        return segment_volume(volume, card, network, device, progress=progress, **options)
+
+    def addSegmentation(self, result, volumeNode, name: str | None = None):
+        """A segmentation node for a ``SegmentationResult``: named, coloured segments with SNOMED-CT terminology,
+        reference geometry from ``volumeNode``, placed in the same study folder."""
+        from CTDeepSegLib.mrml_bridge import place_beside, set_terminology
+
+        card = result.card
+        names = {label.value: (label.name, label.colour) for label in card.labels}
+        node = self.labelsToSegmentation(
+            result.labels, volumeNode, names, name or f"{volumeNode.GetName()} {card.name}"
+        )
+        set_terminology(node, {label.name: label.snomed for label in card.labels if label.snomed})
+        place_beside(node, volumeNode)
+        return node
+
+    def segment(self, volumeNode, model=None, device: str = "auto", progress: Progress | None = None, **options):
+        """Segment a volume node; returns a new segmentation node ready to edit (blocking; see ``segmentVolume``)."""
+        result = self.segmentVolume(self.volumeFromNode(volumeNode), model, device, progress, **options)
+        for note in result.notes:
+            logging.warning(note)
+        return self.addSegmentation(result, volumeNode)
 
     # ------------------------------------------------------------------ evaluation
     @staticmethod

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from model_fixtures import tiny_model
 
 from CTDeepSegLib import __version__
 from CTDeepSegLib.cli import main
@@ -23,13 +24,14 @@ def test_version_from_the_installed_console_script():
 
 def test_info_lists_versions_devices_and_models(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CTDEEPSEG_MODELS", str(tmp_path))
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "model.json").write_text(json.dumps({"name": "demo-model", "version": "1.0"}))
+    tiny_model(tmp_path / "tiny")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text(json.dumps({"name": "broken"}))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"CTDeepSeg {__version__}" in out and "monai" in out and "torch" in out
     assert "Devices:" in out and "cpu" in out
-    assert "demo-model 1.0" in out
+    assert "tiny 0.0.1" in out and "unreadable:" in out and "missing field(s)" in out
 
 
 def test_phantom_command_writes_image_labels_and_lesions(tmp_path, capsys):

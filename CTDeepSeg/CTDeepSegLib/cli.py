@@ -45,18 +45,39 @@ def _devices() -> list[str]:
 
 
 def command_info(_arguments: argparse.Namespace) -> int:
-    from .model_paths import find_model_folders, model_search_paths
+    from .model_paths import model_search_paths
+    from .model_store import list_models
 
     print(f"CTDeepSeg {__version__}")
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     for requirement in REQUIREMENTS:
         print(f"  {requirement.module:<12} {_package_version(requirement.module)}")
     print("Devices: " + ", ".join(_devices()))
-    models = find_model_folders()
-    print("Models:" if models else "Models: none found; searched " + ", ".join(map(str, model_search_paths())))
-    for folder in models:
-        card = json.loads((folder / "model.json").read_text())
-        print(f"  {card.get('name', folder.name)} {card.get('version', '')} ({folder})")
+    cards, problems = list_models()
+    print("Models:" if cards else "Models: none found; searched " + ", ".join(map(str, model_search_paths())))
+    for card in cards:
+        print(f"  {card.name} {card['version']} ({card.folder})")
+    for problem in problems:
+        print(f"  unreadable: {problem}")
+    return 0
+
+
+def command_models(_arguments: argparse.Namespace) -> int:
+    from .model_paths import model_search_paths
+    from .model_store import list_models
+
+    cards, problems = list_models()
+    if not cards:
+        print("No models found; searched " + ", ".join(map(str, model_search_paths())))
+    for card in cards:
+        labels = ", ".join(f"{label.value} {label.name}" for label in card.labels)
+        spacing = "x".join(f"{s:g}" for s in card["spacing"])
+        print(f"{card.name} {card['version']}  [{card['modality']} {card['task']}, {spacing} mm]  labels: {labels}")
+        print(f"    {card.folder}")
+        if card.get("description"):
+            print(f"    {card['description']}")
+    for problem in problems:
+        print(f"unreadable model: {problem}", file=sys.stderr)
     return 0
 
 
@@ -168,6 +189,60 @@ def command_postprocess(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_segment(arguments: argparse.Namespace) -> int:
+    from .cohort import cohort_inputs, run_cohort
+    from .inference import segment_volume
+    from .model_store import open_model
+    from .volume_io import read_volume, write_probabilities, write_volume
+
+    card, network = open_model(arguments.model)
+    progress = Progress(_print_progress)
+
+    def segment_one(source: Path, target: Path, step: Progress) -> None:
+        volume = read_volume(source)
+        result = segment_volume(
+            volume,
+            card,
+            network,
+            arguments.device,
+            arguments.probabilities is not None,
+            not arguments.no_postprocess,
+            progress=step,
+        )
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        write_volume(result.labels, target, overwrite=arguments.overwrite)
+        if arguments.probabilities is not None:
+            write_probabilities(result.probabilities, volume, arguments.probabilities, overwrite=arguments.overwrite)
+        print(f"{source} -> {target} ({result.seconds:.1f} s on {result.device})")
+
+    cases = cohort_inputs(arguments.input)
+    output = Path(arguments.output)
+    if cases is None:
+        if output.exists() and not arguments.overwrite:
+            raise CTDeepSegError(f"{output}: already exists; choose another name or --overwrite.")
+        segment_one(Path(arguments.input), output, progress)
+        return 0
+    if arguments.probabilities is not None:
+        raise CTDeepSegError("--probabilities is for one case; segment cases one by one to keep probabilities.")
+    report = run_cohort(cases, output, segment_one, arguments.overwrite, progress)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def command_train(arguments: argparse.Namespace) -> int:
+    from .training import Recipe, train_segmenter
+
+    recipe = Recipe(seed=arguments.seed, iterations=arguments.iterations, train_phantoms=arguments.phantoms)
+    card = train_segmenter(Path(arguments.output), recipe, Progress(_print_progress))
+    scores = card["validation"]["validation_phantoms"]["dice"]
+    print(
+        f"Wrote model {card.name} to {card.folder}; validation Dice: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
@@ -207,6 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--liver-lesions", type=int, default=2)
     phantom.add_argument("--overwrite", action="store_true", help="replace existing files")
     phantom.set_defaults(handler=command_phantom)
+
+    models = commands.add_parser("models", help="list the models found (shipped, user folder, MONAI bundles)")
+    models.set_defaults(handler=command_models)
+
+    segment = commands.add_parser("segment", help="segment a volume, a DICOM folder, or a folder / glob of cases")
+    segment.add_argument("input", help="volume file, DICOM series folder, folder of volume files, or a glob")
+    segment.add_argument("-o", "--output", required=True, help="label volume to write (a folder for many cases)")
+    segment.add_argument("--model", help="model name or folder (default: the shipped CT model)")
+    segment.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    segment.add_argument("--probabilities", help="also write per-class probabilities (4D .nii.gz), one case only")
+    segment.add_argument("--no-postprocess", action="store_true", help="skip the model card's default clean-up")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    segment.set_defaults(handler=command_segment)
+
+    train = commands.add_parser("train", help="train the demonstration CT segmenter from phantoms (the shipped recipe)")
+    train.add_argument("-o", "--output", required=True, help="new model folder")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--iterations", type=int, default=2400)
+    train.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
+    train.set_defaults(handler=command_train)
 
     evaluate = commands.add_parser(
         "evaluate",

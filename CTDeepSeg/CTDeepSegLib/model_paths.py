@@ -23,9 +23,11 @@ def model_search_paths() -> list[Path]:
 
 
 def find_model_folders() -> list[Path]:
-    """Every model folder found on the search path, in search order."""
+    """Every model folder (``model.json``) and MONAI bundle (``configs/metadata.json``) on the search path."""
     found = []
     for root in model_search_paths():
         if root.is_dir():
-            found.extend(sorted(card.parent for card in root.glob("*/model.json")))
+            cards = {card.parent for card in root.glob("*/model.json")}
+            bundles = {meta.parent.parent for meta in root.glob("*/configs/metadata.json")}
+            found.extend(sorted(cards | bundles))
     return found

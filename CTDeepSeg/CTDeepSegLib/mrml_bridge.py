@@ -248,6 +248,36 @@ def copy_segmentation(
     return copy
 
 
+def terminology_entry(snomed: Mapping) -> str:
+    """Slicer's terminology tag for a segment from SNOMED-CT category and type codes (scheme, value, meaning)."""
+    category, kind = snomed["category"], snomed["type"]
+    return (
+        f"Segmentation category and type - 3D Slicer General Anatomy list~{category[0]}^{category[1]}^{category[2]}"
+        f"~{kind[0]}^{kind[1]}^{kind[2]}~^^~Anatomic codes - DICOM master list~^^~^^"
+    )
+
+
+def set_terminology(segmentation_node: "slicer.vtkMRMLSegmentationNode", snomed_by_name: Mapping[str, Mapping]) -> None:
+    """Tag each segment whose name has SNOMED-CT codes, so Slicer shows and exports its standard meaning."""
+    for _, segment in _segments(segmentation_node):
+        codes = snomed_by_name.get(segment.GetName())
+        if codes:
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_entry(codes))
+
+
+def place_beside(node: "slicer.vtkMRMLNode", reference: "slicer.vtkMRMLNode") -> None:
+    """Put ``node`` in the same subject-hierarchy folder (patient study) as ``reference``, when it has one."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reference.GetScene())
+    if hierarchy is None:
+        return
+    reference_item = hierarchy.GetItemByDataNode(reference)
+    if not reference_item:
+        return
+    parent = hierarchy.GetItemParent(reference_item)
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
+    hierarchy.SetItemParent(item, parent)
+
+
 def box_to_roi_node(box: Box, name: str, scene: "slicer.vtkMRMLScene | None" = None) -> "slicer.vtkMRMLMarkupsROINode":
     """A markups ROI node covering ``box`` (oriented like the box, centre and size in RAS millimetres)."""
     node = _scene(scene).AddNewNodeByClass("vtkMRMLMarkupsROINode", name)

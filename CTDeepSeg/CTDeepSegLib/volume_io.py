@@ -151,6 +151,25 @@ def to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
+def write_probabilities(
+    probabilities: np.ndarray, reference: Volume, path: Path | str, overwrite: bool = False
+) -> Path:
+    """Per-class probabilities ``(classes, k, j, i)`` as one 4D file (class as the fourth axis), atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CTDeepSegError(f"{path}: already exists; choose another name or allow overwriting.")
+    series = sitk.JoinSeries([to_sitk(reference.with_array(channel)) for channel in probabilities])
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{volume_suffix(path)}", dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(series, temporary, useCompression=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
 def write_volume(volume: Volume, path: Path | str, overwrite: bool = False) -> Path:
     """Write ``volume`` to ``path`` atomically; refuses to replace an existing file unless ``overwrite``."""
     path = Path(path)

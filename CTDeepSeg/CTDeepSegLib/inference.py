@@ -1,0 +1,272 @@
+"""From a volume to a label map on exactly the volume's grid, with a segmentation model.
+
+Pipeline: crop to the body (air around the patient is never sent to the network), reorient to the model's axis
+codes by permuting and flipping axes (exact, no interpolation), resample to the model's spacing, normalise
+(CT window or MRI percentile z-score), sliding-window inference with Gaussian blending, softmax, resample the
+probabilities back slab by slab (so memory stays bounded on large scans), argmax, undo the reorientation and
+paste into an empty volume of the input's geometry. The output's grid is the input's, exactly.
+
+Devices: ``auto`` picks CUDA, then Apple MPS, then the CPU; CUDA runs in mixed precision. An out-of-memory error
+retries with a smaller sliding-window batch, then on the CPU, and says so in ``SegmentationResult.notes``.
+Progress (fraction and ETA) goes through a ``Progress``; cancel raises ``CancelledError`` within one window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CTDeepSegError
+from .jobs import Progress
+from .metrics import bounding_box
+from .volume import Volume
+
+_AXIS_CODES = {0: ("L", "R"), 1: ("P", "A"), 2: ("S", "I")}  # +x, -x in LPS; +y, -y; +z, -z
+
+
+@dataclass
+class SegmentationResult:
+    labels: Volume
+    probabilities: np.ndarray | None  # (classes, k, j, i) float32 on the input grid, when asked for
+    card: Any  # the model's card
+    device: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def pick_device(name: str = "auto") -> str:
+    """``auto``: CUDA if available, then Apple MPS, then CPU. An unavailable explicit device is an error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CTDeepSegError("CUDA was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise CTDeepSegError(f"Unknown device {name!r}; use auto, cuda, mps or cpu.")
+    return name
+
+
+def axis_codes(direction: np.ndarray) -> str:
+    """Patient direction letters of the i, j, k axes (e.g. "LPS" for ITK's default).
+
+    Each index axis gets the patient axis it is closest to, choosing the one-to-one assignment with the largest
+    total alignment, so even a 45-degree oblique scan gets three distinct letters.
+    """
+    from itertools import permutations
+
+    best = max(permutations(range(3)), key=lambda dims: sum(abs(direction[d, a]) for a, d in enumerate(dims)))
+    return "".join(_AXIS_CODES[d][0 if direction[d, a] > 0 else 1] for a, d in enumerate(best))
+
+
+def reorientation(source: str, target: str) -> tuple[list[int], list[bool]]:
+    """For each target axis (i, j, k order): which source axis it comes from, and whether it is flipped."""
+    pairs = {letter: dimension for dimension, codes in _AXIS_CODES.items() for letter in codes}
+    target = target.upper()
+    if sorted(pairs[c] for c in target) != [0, 1, 2]:
+        raise CTDeepSegError(f"Model orientation {target!r} is not three axis codes such as LPS or RAS.")
+    order, flips = [], []
+    for letter in target:
+        source_axis = next(a for a, c in enumerate(source) if pairs[c] == pairs[letter])
+        order.append(source_axis)
+        flips.append(source[source_axis] != letter)
+    return order, flips
+
+
+def _to_target(array_kji: np.ndarray, order: list[int], flips: list[bool]) -> np.ndarray:
+    ijk = array_kji.transpose(2, 1, 0)
+    ijk = ijk.transpose(order)
+    for axis, flip in enumerate(flips):
+        if flip:
+            ijk = np.flip(ijk, axis)
+    return ijk.transpose(2, 1, 0)
+
+
+def _from_target(array_kji: np.ndarray, order: list[int], flips: list[bool]) -> np.ndarray:
+    ijk = array_kji.transpose(2, 1, 0)
+    for axis, flip in enumerate(flips):
+        if flip:
+            ijk = np.flip(ijk, axis)
+    return ijk.transpose(np.argsort(order)).transpose(2, 1, 0)
+
+
+def body_box(volume: Volume, modality: str, margin: int = 3) -> tuple[slice, ...]:
+    """The box holding the patient (CT: above -500 HU; MRI: above a tenth of the 99th percentile), with a margin."""
+    array = volume.array
+    if modality == "CT":
+        mask = array > -500
+    else:
+        mask = array > 0.1 * np.percentile(array[:: max(1, array.shape[0] // 16)], 99)
+    box = bounding_box(mask)
+    if box is None:
+        return tuple(slice(0, n) for n in array.shape)
+    return tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, array.shape, strict=True)
+    )
+
+
+def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
+    """Intensities to the network's range: a clipped CT window scaled to 0..1, or an MRI percentile z-score."""
+    array = array.astype(np.float32, copy=False)
+    if settings["kind"] == "ct_window":
+        low, high = settings["window"]
+        out_low, out_high = settings.get("output_range", (0.0, 1.0))
+        scaled = np.clip((array - low) / (high - low), 0.0, 1.0, dtype=np.float32)
+        return (
+            scaled
+            if (out_low, out_high) == (0.0, 1.0)
+            else scaled * np.float32(out_high - out_low) + np.float32(out_low)
+        )
+    if settings["kind"] == "mri_zscore":
+        low, high = np.percentile(array, settings.get("percentiles", (0.5, 99.5)))
+        clipped = np.clip(array, low, high)
+        return ((clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)).astype(np.float32)
+    raise CTDeepSegError(f"Unknown normalisation {settings['kind']!r}; use ct_window or mri_zscore.")
+
+
+def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """How many windows MONAI's sliding-window inference visits (for progress reporting)."""
+    total = 1
+    for size, window in zip(shape, roi, strict=True):
+        step = max(int(window * (1 - overlap)), 1)
+        total *= 1 if size <= window else math.ceil((size - window) / step) + 1
+    return total
+
+
+def _resample_probabilities(
+    probabilities: Any, shape: tuple[int, int, int], keep: bool, progress: Progress, slab: int = 8
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Softmax probabilities (1, C, d, h, w) to ``shape`` slab by slab: labels (uint8) and, if asked, probabilities."""
+    import torch
+
+    classes = probabilities.shape[1]
+    depth, height, width = shape
+    labels = np.empty(shape, dtype=np.uint8)
+    kept = np.empty((classes, *shape), dtype=np.float32) if keep else None
+
+    def centres(n: int) -> torch.Tensor:
+        return (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
+
+    zs, ys, xs = centres(depth), centres(height), centres(width)
+    for start in range(0, depth, slab):
+        progress.update(start / depth, "Resampling to the input grid")
+        z = zs[start : start + slab]
+        grid = torch.stack(torch.meshgrid(z, ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        sampled = torch.nn.functional.grid_sample(
+            probabilities, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
+        labels[start : start + slab] = sampled.argmax(0).numpy().astype(np.uint8)
+        if keep:
+            kept[:, start : start + slab] = sampled.numpy()
+    return labels, kept
+
+
+def _sliding_window(network: Any, image: Any, card: Any, device: str, batch: int, progress: Progress) -> Any:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    roi = tuple(int(v) for v in card["roi_size"])[::-1]
+    overlap = float(card.get("overlap", 0.5))
+    total = max(window_count(tuple(image.shape[2:]), roi, overlap), 1)
+    seen = [0]
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        progress.update(seen[0] / total, f"Segmenting ({device})")
+        seen[0] += windows.shape[0]
+        return network(windows)
+
+    network.to(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+        logits = sliding_window_inference(
+            image.to(device), roi, batch, predictor, overlap=overlap, mode=card.get("blend", "gaussian")
+        )
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def run_with_fallback(run: Any, device: str, batch: int, notes: list[str]) -> Any:
+    """Call ``run(device, batch)``; on out-of-memory halve the batch, then move to the CPU, noting each retry."""
+    import torch
+
+    attempts = [(device, b) for b in sorted({batch, max(batch // 2, 1), 1}, reverse=True)]
+    if device != "cpu":
+        attempts.append(("cpu", 1))
+    for index, (where, size) in enumerate(attempts):
+        try:
+            return run(where, size)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not _is_out_of_memory(error) or index == len(attempts) - 1:
+                raise
+            if where.startswith("cuda"):
+                torch.cuda.empty_cache()
+            following = attempts[index + 1]
+            notes.append(
+                f"Out of memory on {where} with {size} window(s) at a time; retrying on {following[0]} with "
+                f"{following[1]}."
+            )
+    raise AssertionError("unreachable")
+
+
+def segment_volume(
+    volume: Volume,
+    card: Any,
+    network: Any,
+    device: str = "auto",
+    keep_probabilities: bool = False,
+    postprocess_labels: bool = True,
+    sw_batch_size: int = 4,
+    progress: Progress | None = None,
+) -> SegmentationResult:
+    """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid."""
+    import torch
+
+    started = time.monotonic()
+    progress = progress or Progress()
+    volume.require_finite("input volume")
+    device = pick_device(device)
+    notes: list[str] = []
+    box = body_box(volume, card["modality"])
+    crop = volume.array[box]
+    order, flips = reorientation(axis_codes(volume.direction), card["orientation"])
+    oriented = _to_target(crop, order, flips)
+    spacing_ijk = volume.spacing[order]
+    target = np.asarray(card["spacing"], dtype=np.float64)
+    size_kji = [
+        max(1, round(n * s / t)) for n, s, t in zip(oriented.shape, spacing_ijk[::-1], target[::-1], strict=True)
+    ]
+    progress.update(0.0, "Preparing")
+    image = torch.from_numpy(np.ascontiguousarray(normalise(oriented, card["normalisation"])))[None, None]
+    image = torch.nn.functional.interpolate(image, size=size_kji, mode="trilinear", align_corners=False)
+    windows = progress.step(0.02, 0.9)
+    probabilities = run_with_fallback(
+        lambda where, batch: _sliding_window(network, image, card, where, batch, windows), device, sw_batch_size, notes
+    )
+    labels, kept = _resample_probabilities(probabilities, oriented.shape, keep_probabilities, progress.step(0.9, 0.97))
+    full = np.zeros(volume.shape, dtype=np.uint8)
+    full[box] = _from_target(labels, order, flips)
+    result_labels = volume.with_array(full)
+    probability_volume = None
+    if kept is not None:
+        probability_volume = np.zeros((kept.shape[0], *volume.shape), dtype=np.float32)
+        probability_volume[0] = 1.0  # outside the body box: background
+        for index in range(kept.shape[0]):
+            probability_volume[index][box] = _from_target(kept[index], order, flips)
+    if postprocess_labels and card.get("postprocessing"):
+        from .postprocess import postprocess
+
+        result_labels, _ = postprocess(result_labels, card["postprocessing"], progress=progress.step(0.97, 1.0))
+    progress.update(1.0, "Segmentation done")
+    return SegmentationResult(result_labels, probability_volume, card, device, time.monotonic() - started, notes)

@@ -1,0 +1,204 @@
+"""The inference pipeline's mechanics: exact output geometry, reorientation, devices, OOM fallback, cancel."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import tiny_model
+
+from CTDeepSegLib.cli import main
+from CTDeepSegLib.errors import CancelledError, CTDeepSegError
+from CTDeepSegLib.inference import (
+    _from_target,
+    _to_target,
+    axis_codes,
+    pick_device,
+    reorientation,
+    run_with_fallback,
+    segment_volume,
+)
+from CTDeepSegLib.jobs import Progress
+from CTDeepSegLib.model_store import load_model
+from CTDeepSegLib.phantom import make_phantom
+from CTDeepSegLib.volume_io import write_volume
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_model(folder)
+    return load_model(folder)
+
+
+def _codes():
+    letters = [("L", "R"), ("P", "A"), ("S", "I")]
+    for order in itertools.permutations(range(3)):
+        for signs in itertools.product((0, 1), repeat=3):
+            yield "".join(letters[d][s] for d, s in zip(order, signs, strict=True))
+
+
+@pytest.mark.parametrize("target", ["LPS", "RAS", "PIR"])
+def test_reorientation_is_exact_and_invertible_for_all_48_orientations(target):
+    array = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    for source in _codes():
+        order, flips = reorientation(source, target)
+        assert np.array_equal(_from_target(_to_target(array, order, flips), order, flips), array)
+
+
+def test_axis_codes_of_common_and_oblique_directions():
+    assert axis_codes(np.eye(3)) == "LPS"
+    assert axis_codes(np.diag([-1.0, -1.0, 1.0])) == "RAS"
+    angle = np.deg2rad(45.0)
+    oblique = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    assert sorted(axis_codes(oblique)[:2]) in (["L", "P"], ["A", "L"], ["P", "R"], ["A", "R"])
+
+
+def test_output_is_on_the_input_grid_for_an_oblique_anisotropic_volume(tiny):
+    card, network = tiny
+    angle = np.deg2rad(20.0)
+    direction = np.array([[np.cos(angle), 0, np.sin(angle)], [0, -1.0, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    phantom = make_phantom(
+        shape=(20, 36, 44),
+        spacing=(3.1, 4.3, 6.0),
+        seed=1,
+        direction=direction,
+        origin=(12.0, -40.0, 3.5),
+        lung_lesions=1,
+        liver_lesions=1,
+        lesion_radius_mm=(5, 6),
+    )
+    result = segment_volume(
+        phantom.image, card, network, device="cpu", keep_probabilities=True, postprocess_labels=False
+    )
+    assert phantom.image.geometry_mismatch(result.labels, tolerance_mm=0.0) is None
+    assert result.labels.array.dtype == np.uint8 and result.probabilities.shape == (5, 20, 36, 44)
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(result.probabilities.argmax(axis=0), result.labels.array)
+
+
+def test_air_outside_the_body_is_never_sent_to_the_network(tiny):
+    card, network = tiny
+    phantom = make_phantom(
+        shape=(20, 40, 40), spacing=(8.0, 8.0, 10.0), seed=2, lung_lesions=1, liver_lesions=1, lesion_radius_mm=(8, 9)
+    )
+    image = phantom.image.array.copy()
+    image[:, :4, :] = -1000  # a band of pure air at the top of every slice
+    shapes = []
+    original = network.forward
+
+    def spy(windows):
+        shapes.append(tuple(windows.shape))
+        return original(windows)
+
+    network.forward = spy
+    try:
+        result = segment_volume(phantom.image.with_array(image), card, network, device="cpu")
+    finally:
+        network.forward = original
+    assert not result.labels.array[:, :3, :].any()
+    assert shapes, "the network ran"
+
+
+def test_device_choice():
+    assert pick_device("auto") in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(CTDeepSegError, match="no CUDA GPU is available"):
+            pick_device("cuda")
+    with pytest.raises(CTDeepSegError, match="Unknown device 'tpu'"):
+        pick_device("tpu")
+
+
+def test_out_of_memory_retries_smaller_batches_then_the_cpu():
+    calls, notes = [], []
+
+    def run(device, batch):
+        calls.append((device, batch))
+        if device == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "done"
+
+    assert run_with_fallback(run, "cuda", 4, notes) == "done"
+    assert calls == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 1)]
+    assert notes[-1] == "Out of memory on cuda with 1 window(s) at a time; retrying on cpu with 1."
+
+    def other_error(device, batch):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_with_fallback(other_error, "cuda", 4, [])
+
+
+def test_cancel_stops_within_a_window_and_reports_progress(tiny):
+    card, network = tiny
+    phantom = make_phantom(
+        shape=(24, 48, 48), spacing=(6.0, 6.0, 8.0), seed=3, lung_lesions=1, liver_lesions=1, lesion_radius_mm=(8, 9)
+    )
+    seen = []
+    cancel = threading.Event()
+
+    def on_progress(info):
+        seen.append(info)
+        if info.message.startswith("Segmenting") and len(seen) > 3:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        segment_volume(phantom.image, card, network, device="cpu", progress=Progress(on_progress, cancel))
+    fractions = [info.fraction for info in seen]
+    assert fractions == sorted(fractions) and any(info.eta_s is not None for info in seen)
+
+
+def test_cohort_segmentation_skips_finished_cases_and_reports_bad_ones(tmp_path, capsys):
+    tiny_model(tmp_path / "tiny")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for seed in (1, 2):
+        phantom = make_phantom(
+            shape=(16, 32, 32),
+            spacing=(10.0, 10.0, 12.0),
+            seed=seed,
+            lung_lesions=1,
+            liver_lesions=1,
+            lesion_radius_mm=(8, 9),
+        )
+        write_volume(phantom.image, cases / f"case{seed}.nii.gz")
+    (cases / "broken.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = ["segment", str(cases), "-o", str(out), "--model", str(tmp_path / "tiny"), "--device", "cpu"]
+    assert main(args) == 1
+    printed = capsys.readouterr().out
+    assert "2 done, 0 skipped (output exists), 1 failed" in printed and "failed: broken:" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["case1.nii.gz", "case2.nii.gz"]
+    (cases / "broken.nii.gz").unlink()
+    assert main(args) == 0 and "0 done, 2 skipped" in capsys.readouterr().out
+
+
+def test_single_case_with_probabilities(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    tiny_model(tmp_path / "tiny")
+    phantom = make_phantom(
+        shape=(16, 32, 32), spacing=(10.0, 10.0, 12.0), seed=4, lung_lesions=1, liver_lesions=1, lesion_radius_mm=(8, 9)
+    )
+    source = write_volume(phantom.image, tmp_path / "ct.nrrd")
+    target, probabilities = tmp_path / "seg.nii.gz", tmp_path / "prob.nii.gz"
+    args = [
+        "segment",
+        str(source),
+        "-o",
+        str(target),
+        "--model",
+        str(tmp_path / "tiny"),
+        "--device",
+        "cpu",
+        "--probabilities",
+        str(probabilities),
+        "--no-postprocess",
+    ]
+    assert main(args) == 0
+    image = sitk.ReadImage(str(probabilities))
+    assert image.GetSize() == (32, 32, 16, 5)
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
