@@ -15,6 +15,9 @@ $(STAMP): requirements-test.txt pyproject.toml
 
 venv: $(STAMP)
 
+demo: $(STAMP)
+	$(BIN)/ctdeepseg demo -o results/demo
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
 

@@ -43,8 +43,10 @@ def tiny_card(**changes) -> dict:
 
 
 def tiny_model(folder: Path, seed: int = 0, **changes):
+    """A saved model with random weights for ``tiny_card(**changes)`` (its network arguments included)."""
     torch.manual_seed(seed)
-    return save_model(folder, tiny_card(**changes), UNet(**TINY_ARGS).state_dict())
+    card = tiny_card(**changes)
+    return save_model(folder, card, UNet(**card["network"]["args"]).state_dict())
 
 
 SPLEEN_ARGS = {

@@ -230,6 +230,21 @@ def command_segment(arguments: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def command_demo(arguments: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    output = Path(arguments.output)
+    summary = run_demo(output, arguments.model, arguments.device, Progress(_print_progress))
+    print(f"Model {summary['model']} on {summary['device']}")
+    for name, figures in summary["phantom"]["per_label"].items():
+        hd95 = "-" if figures["hd95_mm"] is None else f"{figures['hd95_mm']:.2f} mm"
+        print(f"  phantom {name:<8} Dice {figures['dice']:.3f}  HD95 {hd95}")
+    lung2 = summary["lung2"]
+    print(f"  lung2: {lung2}" if isinstance(lung2, str) else f"  lung2 lesion Dice {lung2['lesion_dice']:.3f}")
+    print(f"Results in {output}: segmentations (.nii.gz), overlays (.png), summary.json")
+    return 0
+
+
 def command_train(arguments: argparse.Namespace) -> int:
     from .training import Recipe, train_segmenter
 
@@ -282,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--liver-lesions", type=int, default=2)
     phantom.add_argument("--overwrite", action="store_true", help="replace existing files")
     phantom.set_defaults(handler=command_phantom)
+
+    demo = commands.add_parser("demo", help="the main job on a built-in sample: segment, measure, show")
+    demo.add_argument("-o", "--output", default="results/demo", help="results folder (default results/demo)")
+    demo.add_argument("--model", help="model name or folder (default: the shipped CT model)")
+    demo.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    demo.set_defaults(handler=command_demo)
 
     models = commands.add_parser("models", help="list the models found (shipped, user folder, MONAI bundles)")
     models.set_defaults(handler=command_models)

@@ -145,7 +145,8 @@ def load_model(folder: Path | str) -> tuple[ModelCard, Any]:
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        lines = str(error).splitlines()
+        first = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(".")
         raise CTDeepSegError(
             f"{weights}: the weights do not fit the network described in model.json ({first})."
         ) from None
