@@ -653,6 +653,8 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.test_FindingsAsRoisAndTable()
         self.setUp()
         self.test_CompareAndPostprocess()
+        self.setUp()
+        self.test_SegmentPhantomWithShippedModel()
 
     def test_PhantomThroughLogic(self) -> None:
         """A phantom's labels survive volume node -> segmentation node -> labels exactly."""
@@ -755,3 +757,27 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(liverChange["voxels_added"], added)
         self.assertGreaterEqual(added, 1)
         self.delayDisplay("Test passed")
+
+    def test_SegmentPhantomWithShippedModel(self) -> None:
+        """The default model segments a fresh phantom through the logic, checked by Dice against its truth."""
+        self.delayDisplay("Segment a phantom with the shipped model")
+        logic = CTDeepSegLogic()
+        if logic.missingDependencies():
+            self.skipTest("segmentation needs PyTorch and MONAI: install them from the module panel first")
+        volumeNode, truthNode, _ = logic.createPhantom(
+            seed=77, shape=(80, 96, 96), spacing=(3.0, 3.0, 3.5), lesion_radius_mm=(8.0, 12.0)
+        )
+        segmentationNode = logic.segment(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(
+            [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())],
+            ["lung", "liver", "spine", "lesion"],
+        )
+        table, _chart = logic.compare(segmentationNode, truthNode)
+        rows = {table.GetCellText(row, 0): row for row in range(table.GetNumberOfRows())}
+        column = {table.GetColumnName(c): c for c in range(table.GetNumberOfColumns())}
+        dice = {name: float(table.GetCellText(row, column["dice"])) for name, row in rows.items()}
+        self.assertGreaterEqual(dice["lung"], 0.95, dice)
+        self.assertGreaterEqual(dice["liver"], 0.9, dice)
+        self.assertGreaterEqual(dice["lesion"], 0.7, dice)
+        self.delayDisplay(f"Test passed (Dice {dice})")

@@ -10,6 +10,7 @@ def test_self_test_passes_on_slicer_core(scene, ctdeepseg_module):
     ctdeepseg_module.CTDeepSegTest("runTest").run(result)
     problems = [text for _, text in result.errors + result.failures]
     assert result.testsRun == 1 and not problems, "\n".join(problems)
+    assert not result.skipped, result.skipped
 
 
 def test_logic_is_reachable_as_a_module_logic(ctdeepseg_module):
