@@ -14,6 +14,8 @@ from CTDeepSegLib.cli import main
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError
 from CTDeepSegLib.inference import (
     _from_target,
+    _labels_of,
+    _resample_probabilities,
     _to_target,
     axis_codes,
     pick_device,
@@ -202,3 +204,27 @@ def test_single_case_with_probabilities(tmp_path, capsys):
     image = sitk.ReadImage(str(probabilities))
     assert image.GetSize() == (32, 32, 16, 5)
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, target", [((7, 9, 11), (20, 31, 17)), ((12, 10, 8), (5, 23, 8))])
+def test_separable_resampling_equals_trilinear_grid_sample(source, target):
+    probabilities = torch.softmax(torch.from_numpy(np.random.default_rng(1).normal(size=(1, 4, *source))).float(), 1)
+
+    def centres(n):
+        return (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
+
+    grid = torch.stack(torch.meshgrid(*(centres(n) for n in target), indexing="ij")[::-1], dim=-1)[None]
+    expected = torch.nn.functional.grid_sample(
+        probabilities, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
+    labels, kept = _resample_probabilities(probabilities, target, True, Progress(), slab=3)
+    np.testing.assert_allclose(kept, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(labels, expected.argmax(0).numpy())
+
+
+def test_labels_from_softmax_argmax_and_from_sigmoid_threshold():
+    probabilities = torch.tensor([[0.2, 0.5, 0.5, 0.1], [0.7, 0.5, 0.2, 0.3], [0.1, 0.0, 0.3, 0.6]])[:, None, :]
+    assert _labels_of(probabilities, "softmax", 0.5).flatten().tolist() == [1, 0, 0, 2]
+    # sigmoid: channel c is label c + 1; the most probable channel strictly above the threshold, else 0
+    assert _labels_of(probabilities, "sigmoid", 0.5).flatten().tolist() == [2, 0, 0, 3]
+    assert _labels_of(probabilities, "sigmoid", 0.15).flatten().tolist() == [2, 1, 1, 3]

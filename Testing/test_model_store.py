@@ -134,3 +134,34 @@ def test_models_command_lists_cards_and_bundles(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "tiny 0.0.1  [CT segmentation, 4x4x4 mm]  labels: 1 lung, 2 liver, 3 spine, 4 lesion" in out
     assert "Spleen CT segmentation 0.5.9" in out and "labels: 1 spleen" in out
+
+
+def test_a_sigmoid_bundle_maps_channels_to_labels_and_thresholds(tmp_path):
+    bundle = spleen_bundle(tmp_path / "sigmoid")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"] = [
+        {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.7},
+    ]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "spleen", "1": "cyst"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    card, network = open_model(bundle)
+    assert card["activation"] == "sigmoid" and card["threshold"] == 0.7
+    assert [(label.value, label.name) for label in card.labels] == [(1, "spleen"), (2, "cyst")]
+    volume = Volume(np.random.default_rng(2).normal(40, 30, size=(16, 30, 30)).astype(np.float32), (2.0, 2.0, 3.0))
+    result = segment_volume(volume, card, network, device="cpu", keep_probabilities=True)
+    probabilities = result.probabilities
+    assert probabilities.shape == (2, *volume.shape)
+    expected = np.where(probabilities.max(0) > 0.7, probabilities.argmax(0) + 1, 0)
+    inside = result.labels.array > 0
+    np.testing.assert_array_equal(result.labels.array[inside], expected[inside])
+
+
+def test_an_unknown_activation_is_refused(tmp_path):
+    tiny_model(tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    (tmp_path / "m" / "model.json").write_text(json.dumps({**card, "activation": "tanh"}))
+    with pytest.raises(CTDeepSegError, match="activation 'tanh' is not one of softmax, sigmoid"):
+        read_card(tmp_path / "m")

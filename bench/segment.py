@@ -37,7 +37,6 @@ def run_ours(model: str, source: str, target: str, device: str) -> None:
 
 def run_monai(model: str, source: str, target: str, device: str) -> None:
     import torch
-    from monai.data import decollate_batch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
         Activationsd,
@@ -91,8 +90,7 @@ def run_monai(model: str, source: str, target: str, device: str) -> None:
             overlap=card.get("overlap", 0.5),
             mode="gaussian",
         )[0].cpu()
-    for item in decollate_batch([data]):
-        postprocessing(item)
+    postprocessing(data)
 
 
 def child(arguments: argparse.Namespace) -> None:
@@ -124,6 +122,16 @@ def measure(kind: str, model: str, source: Path, target: Path, device: str) -> t
     if status != 0:
         raise SystemExit(f"{kind} failed")
     return json.loads(output.strip().splitlines()[-1])["seconds"], usage.ru_maxrss / 1024**2
+
+
+def _dice(labels, truth) -> str:
+    from CTDeepSegLib.phantom import LABELS
+
+    figures = []
+    for value, name in LABELS.items():
+        both = ((labels == value) & (truth == value)).sum()
+        figures.append(f"{name} {2 * both / max((labels == value).sum() + (truth == value).sum(), 1):.3f}")
+    return ", ".join(figures)
 
 
 def main() -> None:
@@ -159,9 +167,12 @@ def main() -> None:
         a = read_label(scratch / "ours" / "ct.nii.gz").array
         b = read_label(scratch / "monai" / "ct.nii.gz").array
         agreement = float(np.mean(a == b))
-    print(f"{'CTDeepSeg pipeline':<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB")
-    print(f"{'MONAI bundle pipeline':<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB")
-    print(f"voxel agreement of the two label maps: {agreement:.4f}")
+        body = phantom.image.array > -500
+        inside = float(np.mean(a[body] == b[body]))
+        dice = {name: _dice(labels, phantom.labels.array) for name, labels in (("ours", a), ("monai", b))}
+    print(f"{'CTDeepSeg pipeline':<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB   Dice {dice['ours']}")
+    print(f"{'MONAI bundle pipeline':<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB   Dice {dice['monai']}")
+    print(f"voxel agreement of the two label maps: {agreement:.4f} overall, {inside:.4f} inside the body")
     print(
         f"ratio time MONAI / CTDeepSeg: {monai[0] / ours[0]:.2f}x; peak RSS CTDeepSeg / MONAI: {ours[1] / monai[1]:.2f}"
     )

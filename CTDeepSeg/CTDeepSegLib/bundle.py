@@ -44,9 +44,9 @@ def _target(entry: dict) -> str:
     return str(entry.get("_target_", "")).split(".")[-1]
 
 
-def _transforms(config: dict) -> dict[str, dict]:
-    preprocessing = config.get("preprocessing", {})
-    transforms = preprocessing.get("transforms", []) if isinstance(preprocessing, dict) else []
+def _transforms(config: dict, stage: str = "preprocessing") -> dict[str, dict]:
+    chain = config.get(stage, {})
+    transforms = chain.get("transforms", []) if isinstance(chain, dict) else []
     return {_target(entry): entry for entry in transforms if isinstance(entry, dict)}
 
 
@@ -90,12 +90,17 @@ def bundle_card(folder: Path) -> ModelCard:
     else:
         raise CTDeepSegError(f"{where}: no ScaleIntensityRanged or NormalizeIntensityd transform to map.")
     inferer = _literal(config.get("inferer", {}), f"{where} inferer")
+    post = _transforms(config, "postprocessing")
+    sigmoid = _literal(post.get("Activationsd", {}).get("sigmoid", False), f"{where} Activationsd.sigmoid")
+    threshold = _literal(post.get("AsDiscreted", {}).get("threshold", 0.5), f"{where} AsDiscreted.threshold")
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    channels = next(iter(outputs.values()), {}).get("channel_def", {"0": "background", "1": "foreground"})
+    default = {"0": "foreground"} if sigmoid else {"0": "background", "1": "foreground"}
+    channels = next(iter(outputs.values()), {}).get("channel_def", default)
+    offset = 1 if sigmoid else 0  # sigmoid channels are labels 1, 2, ...; softmax channel 0 is background
     labels = [
-        {"value": int(value), "name": str(name), "colour": list(_PALETTE[(int(value) - 1) % len(_PALETTE)])}
-        for value, name in sorted(channels.items(), key=lambda item: int(item[0]))
-        if int(value) > 0
+        {"value": value, "name": str(name), "colour": list(_PALETTE[(value - 1) % len(_PALETTE)])}
+        for value, name in sorted((int(channel) + offset, name) for channel, name in channels.items())
+        if value > 0
     ]
     inputs = metadata.get("network_data_format", {}).get("inputs", {})
     modality = str(next(iter(inputs.values()), {}).get("modality", "CT")).upper()
@@ -114,6 +119,8 @@ def bundle_card(folder: Path) -> ModelCard:
         "overlap": float(inferer.get("overlap", 0.25)),
         "sw_batch_size": int(inferer.get("sw_batch_size", 1)),
         "blend": inferer.get("mode", "constant"),
+        "activation": "sigmoid" if sigmoid else "softmax",
+        "threshold": float(threshold if threshold is not None else 0.5),
         "postprocessing": [],
         "weights": {"file": "models/model.pt", "format": "torch (weights only)"},
         "provenance": {"source": "MONAI bundle", "bundle": str(folder)},

@@ -2,9 +2,10 @@
 
 Pipeline: crop to the body (air around the patient is never sent to the network), reorient to the model's axis
 codes by permuting and flipping axes (exact, no interpolation), resample to the model's spacing, normalise
-(CT window or MRI percentile z-score), sliding-window inference with Gaussian blending, softmax, resample the
-probabilities back slab by slab (so memory stays bounded on large scans), argmax, undo the reorientation and
-paste into an empty volume of the input's geometry. The output's grid is the input's, exactly.
+(CT window or MRI percentile z-score), sliding-window inference with Gaussian blending, softmax (or sigmoid),
+resample the probabilities back slab by slab (so memory stays bounded on large scans), argmax (or threshold),
+undo the reorientation and paste into an empty volume of the input's geometry. The output's grid is the
+input's, exactly.
 
 Devices: ``auto`` picks CUDA, then Apple MPS, then the CPU; CUDA runs in mixed precision. An out-of-memory error
 retries with a smaller sliding-window batch, then on the CPU, and says so in ``SegmentationResult.notes``.
@@ -141,31 +142,60 @@ def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -
     return total
 
 
-def _resample_probabilities(
-    probabilities: Any, shape: tuple[int, int, int], keep: bool, progress: Progress, slab: int = 8
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Softmax probabilities (1, C, d, h, w) to ``shape`` slab by slab: labels (uint8) and, if asked, probabilities."""
+def _labels_of(probabilities: Any, activation: str, threshold: float) -> Any:
+    """Label per voxel from (C, ...) probabilities: softmax -> argmax; sigmoid -> the most probable channel above
+    ``threshold`` (channel c is label c + 1), else 0. A loop over channels: several times faster than argmax(0)."""
     import torch
 
-    classes = probabilities.shape[1]
+    if activation == "softmax":
+        best, channels, offset = probabilities[0], range(1, probabilities.shape[0]), 0
+    else:
+        best, channels, offset = torch.full_like(probabilities[0], threshold), range(probabilities.shape[0]), 1
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.uint8)
+    for channel in channels:
+        labels.masked_fill_(probabilities[channel] > best, channel + offset)
+        best = torch.maximum(best, probabilities[channel])
+    return labels
+
+
+def _resample_probabilities(
+    probabilities: Any,
+    shape: tuple[int, int, int],
+    keep: bool,
+    progress: Progress,
+    activation: str = "softmax",
+    threshold: float = 0.5,
+    slab: int = 8,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (1, C, d, h, w) to ``shape`` slab by slab: labels (uint8) and, if asked, probabilities.
+
+    Trilinear with clamped edges (what ``grid_sample(padding_mode="border", align_corners=False)`` computes),
+    done separably: bilinear in-plane on the few source planes a slab needs, then linear between planes.
+    """
+    import torch
+
+    classes, source_depth = probabilities.shape[1], probabilities.shape[2]
     depth, height, width = shape
     labels = np.empty(shape, dtype=np.uint8)
     kept = np.empty((classes, *shape), dtype=np.float32) if keep else None
-
-    def centres(n: int) -> torch.Tensor:
-        return (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 - 1
-
-    zs, ys, xs = centres(depth), centres(height), centres(width)
     for start in range(0, depth, slab):
         progress.update(start / depth, "Resampling to the input grid")
-        z = zs[start : start + slab]
-        grid = torch.stack(torch.meshgrid(z, ys, xs, indexing="ij")[::-1], dim=-1)[None]
-        sampled = torch.nn.functional.grid_sample(
-            probabilities, grid, mode="bilinear", padding_mode="border", align_corners=False
-        )[0]
-        labels[start : start + slab] = sampled.argmax(0).numpy().astype(np.uint8)
+        rows = torch.arange(start, min(start + slab, depth), dtype=torch.float64)
+        source = ((rows + 0.5) * source_depth / depth - 0.5).clamp(0, source_depth - 1)
+        below = source.floor().long()
+        above = (below + 1).clamp(max=source_depth - 1)
+        weight = (source - below).float()[:, None, None, None]
+        low, high = int(below.min()), int(above.max())
+        planes = torch.nn.functional.interpolate(
+            probabilities[0, :, low : high + 1].permute(1, 0, 2, 3),
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+        )
+        sampled = (planes[below - low] * (1 - weight) + planes[above - low] * weight).transpose(0, 1)
+        labels[start : start + len(rows)] = _labels_of(sampled, activation, threshold).numpy()
         if keep:
-            kept[:, start : start + slab] = sampled.numpy()
+            kept[:, start : start + len(rows)] = sampled.numpy()
     return labels, kept
 
 
@@ -188,6 +218,8 @@ def _sliding_window(network: Any, image: Any, card: Any, device: str, batch: int
         logits = sliding_window_inference(
             image.to(device), roi, batch, predictor, overlap=overlap, mode=card.get("blend", "gaussian")
         )
+    if card.get("activation", "softmax") == "sigmoid":
+        return torch.sigmoid(logits.float()).cpu()
     return torch.softmax(logits.float(), dim=1).cpu()
 
 
@@ -254,14 +286,23 @@ def segment_volume(
     probabilities = run_with_fallback(
         lambda where, batch: _sliding_window(network, image, card, where, batch, windows), device, sw_batch_size, notes
     )
-    labels, kept = _resample_probabilities(probabilities, oriented.shape, keep_probabilities, progress.step(0.9, 0.97))
+    activation = card.get("activation", "softmax")
+    labels, kept = _resample_probabilities(
+        probabilities,
+        oriented.shape,
+        keep_probabilities,
+        progress.step(0.9, 0.97),
+        activation,
+        float(card.get("threshold", 0.5)),
+    )
     full = np.zeros(volume.shape, dtype=np.uint8)
     full[box] = _from_target(labels, order, flips)
     result_labels = volume.with_array(full)
     probability_volume = None
     if kept is not None:
         probability_volume = np.zeros((kept.shape[0], *volume.shape), dtype=np.float32)
-        probability_volume[0] = 1.0  # outside the body box: background
+        if activation == "softmax":
+            probability_volume[0] = 1.0  # outside the body box: background
         for index in range(kept.shape[0]):
             probability_volume[index][box] = _from_target(kept[index], order, flips)
     if postprocess_labels and card.get("postprocessing"):

@@ -27,6 +27,8 @@ from .errors import CTDeepSegError
 from .model_paths import find_model_folders
 
 NETWORKS = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "AttentionUnet")
+# softmax: channel 0 is background, labels by argmax; sigmoid: channel c is label c + 1, kept above "threshold".
+ACTIVATIONS = ("softmax", "sigmoid")
 _REQUIRED = (
     "name",
     "version",
@@ -106,6 +108,8 @@ def read_card(folder: Path) -> ModelCard:
         )
     if not data["labels"] or any(int(label["value"]) <= 0 for label in data["labels"]):
         raise CTDeepSegError(f"{path}: labels must list the structures with values 1, 2, ... (0 is background).")
+    if data.get("activation", "softmax") not in ACTIVATIONS:
+        raise CTDeepSegError(f"{path}: activation {data['activation']!r} is not one of {', '.join(ACTIVATIONS)}.")
     return ModelCard(Path(folder), data)
 
 
