@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import slicer
@@ -95,6 +96,9 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self._showProgress(False)
         self.refreshModels()
@@ -117,6 +121,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.checkDependenciesButton,
             self.ui.compareButton,
             self.ui.postprocessButton,
+            self.ui.exportButton,
+            self.ui.finetuneButton,
         ):
             button.enabled = not busy
 
@@ -278,6 +284,65 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.runInBackground(
             lambda progress: self.logic.postprocessLabels(labels, steps, progress), apply, "Cleaning up..."
+        )
+
+    def onInputChanged(self, volumeNode) -> None:
+        self.ui.caseNameLineEdit.text = self.logic.suggestCaseName(volumeNode) if volumeNode else ""
+
+    def onExport(self) -> None:
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        segmentationNode = self.ui.exportSegmentationSelector.currentNode()
+        datasetDir = self.ui.datasetPathLineEdit.currentPath
+        if volumeNode is None or segmentationNode is None or not datasetDir:
+            slicer.util.errorDisplay("Choose the input volume, the corrected segmentation and a dataset folder.")
+            return
+        try:
+            inputs = self.logic.trainingPairInputs(volumeNode, segmentationNode, datasetDir)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        caseName = self.ui.caseNameLineEdit.text.strip() or None
+        replace = self.ui.replaceCaseCheckBox.checked
+
+        def show(result) -> None:
+            changed = ", ".join(
+                f"{name} Dice {change['dice']:.3f} vs the model" for name, change in result.changes.items()
+            )
+            self.ui.statusLabel.text = f"{result.message} {changed}".strip()
+
+        self.runInBackground(
+            lambda progress: self.logic.exportPair(datasetDir, inputs, caseName, replace), show, "Exporting..."
+        )
+
+    def onFinetune(self) -> None:
+        datasetDir = self.ui.datasetPathLineEdit.currentPath
+        index = self.ui.modelComboBox.currentIndex
+        name = self.ui.finetuneNameLineEdit.text.strip()
+        if not datasetDir or index < 0 or not name:
+            slicer.util.errorDisplay("Choose a dataset folder, a model (Segmentation section) and a new model name.")
+            return
+        try:
+            self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        folder = self._models[index].folder
+        epochs = self.ui.finetuneEpochsSpinBox.value
+        device = self.ui.deviceComboBox.currentText
+        self.ui.trainingCurveLabel.text = ""
+
+        def show(card) -> None:
+            self.refreshModels()
+            before, after = card["validation"]["before"], card["validation"]["after"]
+            self.ui.trainingCurveLabel.text = "Validation Dice before -> after: " + ", ".join(
+                f"{label} {before[label]:.3f} -> {after.get(label, float('nan')):.3f}" for label in before
+            )
+            self.ui.statusLabel.text = f"Model {card.name} saved (curve: {card.folder / 'training_curve.png'})."
+
+        self.runInBackground(
+            lambda progress: self.logic.finetune(datasetDir, folder, name, epochs, device, progress=progress),
+            show,
+            "Fine-tuning...",
         )
 
     def onCheckDependencies(self) -> None:
@@ -454,7 +519,7 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
     def addSegmentation(self, result, volumeNode, name: str | None = None):
         """A segmentation node for a ``SegmentationResult``: named, coloured segments with SNOMED-CT terminology,
         reference geometry from ``volumeNode``, placed in the same study folder."""
-        from CTDeepSegLib.mrml_bridge import place_beside, set_terminology
+        from CTDeepSegLib.mrml_bridge import keep_original_prediction, place_beside, set_terminology
 
         card = result.card
         names = {label.value: (label.name, label.colour) for label in card.labels}
@@ -463,7 +528,20 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         )
         set_terminology(node, {label.name: label.snomed for label in card.labels if label.snomed})
         place_beside(node, volumeNode)
+        keep_original_prediction(node, self.modelRecord(card))
         return node
+
+    @staticmethod
+    def modelRecord(card) -> dict:
+        """Name, version, weights SHA-256 and labels of a model: what a training pair's provenance records."""
+        from CTDeepSegLib.model_store import sha256_file
+
+        return {
+            "name": card.name,
+            "version": card.get("version"),
+            "sha256": sha256_file(card.weights_path),
+            "labels": {str(label.value): label.name for label in card.labels},
+        }
 
     def segment(self, volumeNode, model=None, device: str = "auto", progress: Progress | None = None, **options):
         """Segment a volume node; returns a new segmentation node ready to edit (blocking; see ``segmentVolume``)."""
@@ -471,6 +549,99 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         for note in result.notes:
             logging.warning(note)
         return self.addSegmentation(result, volumeNode)
+
+    # ------------------------------------------------------------------ training data
+    @staticmethod
+    def suggestCaseName(volumeNode) -> str:
+        """A file-safe case name from the volume's name."""
+        from CTDeepSegLib.training_data import suggest_case_name
+
+        return suggest_case_name(volumeNode.GetName())
+
+    @staticmethod
+    def trainingPairInputs(volumeNode, segmentationNode, datasetDir: str, originalSegmentationNode=None) -> dict:
+        """What an export needs, read from the scene (GUI thread): image, corrected labels with the dataset's (or
+        the model's) label values, the model's original prediction and model record when known."""
+        from CTDeepSegLib.mrml_bridge import original_prediction, segmentation_to_labels
+        from CTDeepSegLib.training_data import dataset_labels
+
+        original, model = original_prediction(segmentationNode)
+        originalSegmentationNode = originalSegmentationNode or original
+        names = dataset_labels(Path(datasetDir))
+        if not names and model:
+            names = {int(value): name for value, name in model["labels"].items()}
+        segmentation = segmentationNode.GetSegmentation()
+        segmentNames = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        if not names:
+            names = dict(enumerate(segmentNames, start=1))
+        unknown = [name for name in segmentNames if name not in names.values()]
+        if unknown:
+            raise CTDeepSegError(
+                f"Segment(s) {', '.join(repr(n) for n in unknown)} are not labels of the dataset or model "
+                f"({', '.join(names.values())}); rename or delete them before exporting."
+            )
+        values = {name: value for value, name in names.items()}
+        image = CTDeepSegLogic.volumeFromNode(volumeNode)
+        labels = segmentation_to_labels(segmentationNode, volumeNode, values, use_tags=False)
+        originalLabels = None
+        if originalSegmentationNode is not None:
+            originalLabels = segmentation_to_labels(originalSegmentationNode, volumeNode, values, use_tags=False)
+        return {
+            "image": image,
+            "labels": labels,
+            "names": names,
+            "original": originalLabels,
+            "model": {key: value for key, value in (model or {}).items() if key != "labels"},
+            "source": volumeNode.GetName(),
+        }
+
+    @staticmethod
+    def exportPair(datasetDir: str, inputs: dict, caseName: str | None = None, replace: bool = False):
+        """Engine part of the export (see ``CTDeepSegLib.training_data``); returns an ``ExportResult``."""
+        from CTDeepSegLib.training_data import export_pair
+
+        return export_pair(
+            datasetDir,
+            inputs["image"],
+            inputs["labels"],
+            inputs["names"],
+            case=caseName,
+            original=inputs["original"],
+            model=inputs["model"],
+            source=inputs["source"],
+            replace=replace,
+        )
+
+    def exportTrainingPair(
+        self,
+        volumeNode,
+        segmentationNode,
+        datasetDir: str,
+        caseName: str | None = None,
+        replace: bool = False,
+        originalSegmentationNode=None,
+    ):
+        """Add the volume and its corrected segmentation to a training dataset folder; returns an ``ExportResult``
+        (case name, status exported / replaced / skipped, cases in the dataset, changes from the original)."""
+        inputs = self.trainingPairInputs(volumeNode, segmentationNode, datasetDir, originalSegmentationNode)
+        return self.exportPair(datasetDir, inputs, caseName or self.suggestCaseName(volumeNode), replace)
+
+    @staticmethod
+    def finetune(
+        datasetDir: str,
+        model=None,
+        name: str = "finetuned",
+        epochs: int = 10,
+        device: str = "auto",
+        resume: bool = False,
+        progress: Progress | None = None,
+        **recipe,
+    ):
+        """Fine-tune ``model`` (name or folder; default the shipped CT model) on an exported dataset into a new
+        model ``name`` in the user's model folder (listed at once); returns its card. Safe on a worker thread."""
+        from CTDeepSegLib.finetune import FinetuneRecipe, finetune
+
+        return finetune(datasetDir, model, name, FinetuneRecipe(epochs=epochs, **recipe), device, resume, progress)
 
     # ------------------------------------------------------------------ evaluation
     @staticmethod

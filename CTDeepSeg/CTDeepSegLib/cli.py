@@ -258,6 +258,60 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(arguments: argparse.Namespace) -> int:
+    from .evaluation import parse_labels
+    from .model_store import open_model, sha256_file
+    from .training_data import export_files
+
+    names, model = parse_labels(arguments.labels) if arguments.labels else None, None
+    if arguments.model:
+        card, _ = open_model(arguments.model)
+        names = {label.value: label.name for label in card.labels}
+        model = {"name": card.name, "version": card.get("version"), "sha256": sha256_file(card.weights_path)}
+    result = export_files(
+        arguments.dataset,
+        arguments.image,
+        arguments.label,
+        names,
+        arguments.original,
+        arguments.case,
+        model,
+        arguments.replace,
+    )
+    print(result.message)
+    for name, change in result.changes.items():
+        print(
+            f"  {name:<12} Dice original vs corrected {change['dice']:.3f}, "
+            f"+{change['added_ml']:.2f} ml, -{change['removed_ml']:.2f} ml"
+        )
+    return 0
+
+
+def command_finetune(arguments: argparse.Namespace) -> int:
+    import os
+
+    from .finetune import FinetuneRecipe, finetune
+
+    recipe = FinetuneRecipe(
+        epochs=arguments.epochs,
+        iterations_per_epoch=arguments.iterations_per_epoch,
+        val_fraction=arguments.val_fraction,
+        learning_rate=arguments.learning_rate,
+        seed=arguments.seed,
+    )
+    first = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process reports
+    progress = Progress(_print_progress if first else None)
+    card = finetune(
+        arguments.dataset, arguments.model, arguments.output, recipe, arguments.device, arguments.resume, progress
+    )
+    if card is not None:
+        before, after = card["validation"]["before"], card["validation"]["after"]
+        print(f"Wrote model {card.name} to {card.folder} (training curve: {card.folder / 'training_curve.png'})")
+        for name in before:
+            print(f"  {name:<12} validation Dice {before[name]:.3f} -> {after.get(name, float('nan')):.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
@@ -323,6 +377,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, default=2400)
     train.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
     train.set_defaults(handler=command_train)
+
+    export = commands.add_parser("export", help="add a corrected image/label pair to a training dataset folder")
+    export.add_argument("image", help="the image volume")
+    export.add_argument("label", help="the corrected label volume (the image's grid)")
+    export.add_argument("--dataset", required=True, help="dataset folder (Decathlon layout; created if needed)")
+    export.add_argument("--original", help="the model's own prediction, kept beside the correction")
+    export.add_argument("--case", help="case name (default: from the image file name)")
+    export.add_argument("--model", help="the model that made the prediction (its labels and provenance)")
+    export.add_argument("--labels", help="label names when no --model, e.g. 1:liver,2:tumour")
+    export.add_argument("--replace", action="store_true", help="replace a case of that name (the old one is kept)")
+    export.set_defaults(handler=command_export)
+
+    tune = commands.add_parser("finetune", help="fine-tune a segmentation model on an exported dataset")
+    tune.add_argument("--dataset", required=True, help="dataset folder written by export")
+    tune.add_argument("--model", help="model name or folder to start from (default: the shipped CT model)")
+    tune.add_argument("-o", "--output", required=True, help="new model: a name (user model folder) or a folder")
+    tune.add_argument("--epochs", type=int, default=10)
+    tune.add_argument("--iterations-per-epoch", type=int, default=20)
+    tune.add_argument("--val-fraction", type=float, default=0.2, help="share of cases kept for validation")
+    tune.add_argument("--learning-rate", type=float, default=5e-4)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted or cancelled run")
+    tune.set_defaults(handler=command_finetune)
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -91,6 +91,44 @@ def _to_target(array_kji: np.ndarray, order: list[int], flips: list[bool]) -> np
     return ijk.transpose(2, 1, 0)
 
 
+@dataclass(frozen=True)
+class ModelGrid:
+    """How a volume maps onto a model's grid: the body box, the axis permutation and flips, and the size at the
+    model's spacing. Inference and fine-tuning share it, so a model trains on exactly what it will be shown."""
+
+    box: tuple[slice, ...]
+    order: list[int]
+    flips: list[bool]
+    oriented_shape: tuple[int, int, int]
+    size_kji: tuple[int, int, int]
+
+    def oriented(self, array: np.ndarray) -> np.ndarray:
+        """The body box of ``array`` in the model's axis order (a view: no copy)."""
+        return _to_target(array[self.box], self.order, self.flips)
+
+    def resample(self, oriented: np.ndarray, normalisation: dict | None = None) -> Any:
+        """A (1, 1, d, h, w) float32 tensor at the model's spacing: the image normalised and trilinear, or, with
+        no ``normalisation``, labels by nearest neighbour."""
+        import torch
+
+        if normalisation is None:
+            labels = torch.from_numpy(np.ascontiguousarray(oriented, dtype=np.float32))[None, None]
+            return torch.nn.functional.interpolate(labels, size=self.size_kji, mode="nearest-exact")
+        image = torch.from_numpy(np.ascontiguousarray(normalise(oriented, normalisation)))[None, None]
+        return torch.nn.functional.interpolate(image, size=self.size_kji, mode="trilinear", align_corners=False)
+
+
+def model_grid(volume: Volume, card: Any) -> ModelGrid:
+    """The ``ModelGrid`` of ``volume`` for a model ``card`` (spacing, orientation, modality)."""
+    box = body_box(volume, card["modality"])
+    order, flips = reorientation(axis_codes(volume.direction), card["orientation"])
+    shape = tuple(volume.array[box].shape[::-1][axis] for axis in order)[::-1]
+    spacing_ijk = volume.spacing[order]
+    target = np.asarray(card["spacing"], dtype=np.float64)
+    size_kji = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_ijk[::-1], target[::-1], strict=True))
+    return ModelGrid(box, order, flips, shape, size_kji)
+
+
 def _from_target(array_kji: np.ndarray, order: list[int], flips: list[bool]) -> np.ndarray:
     ijk = array_kji.transpose(2, 1, 0)
     for axis, flip in enumerate(flips):
@@ -263,25 +301,16 @@ def segment_volume(
     progress: Progress | None = None,
 ) -> SegmentationResult:
     """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid."""
-    import torch
 
     started = time.monotonic()
     progress = progress or Progress()
     volume.require_finite("input volume")
     device = pick_device(device)
     notes: list[str] = []
-    box = body_box(volume, card["modality"])
-    crop = volume.array[box]
-    order, flips = reorientation(axis_codes(volume.direction), card["orientation"])
-    oriented = _to_target(crop, order, flips)
-    spacing_ijk = volume.spacing[order]
-    target = np.asarray(card["spacing"], dtype=np.float64)
-    size_kji = [
-        max(1, round(n * s / t)) for n, s, t in zip(oriented.shape, spacing_ijk[::-1], target[::-1], strict=True)
-    ]
     progress.update(0.0, "Preparing")
-    image = torch.from_numpy(np.ascontiguousarray(normalise(oriented, card["normalisation"])))[None, None]
-    image = torch.nn.functional.interpolate(image, size=size_kji, mode="trilinear", align_corners=False)
+    grid = model_grid(volume, card)
+    box, order, flips = grid.box, grid.order, grid.flips
+    image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     windows = progress.step(0.02, 0.9)
     probabilities = run_with_fallback(
         lambda where, batch: _sliding_window(network, image, card, where, batch, windows), device, sw_batch_size, notes
@@ -289,7 +318,7 @@ def segment_volume(
     activation = card.get("activation", "softmax")
     labels, kept = _resample_probabilities(
         probabilities,
-        oriented.shape,
+        grid.oriented_shape,
         keep_probabilities,
         progress.step(0.9, 0.97),
         activation,

@@ -158,8 +158,12 @@ def load_model(folder: Path | str) -> tuple[ModelCard, Any]:
     return card, network
 
 
-def save_model(folder: Path | str, card: dict, state_dict: dict, overwrite: bool = False) -> ModelCard:
-    """Write a model folder atomically: safetensors weights, their SHA-256 in the card, then rename into place."""
+def save_model(
+    folder: Path | str, card: dict, state_dict: dict, overwrite: bool = False, extra_files: dict | None = None
+) -> ModelCard:
+    """Write a model folder atomically: safetensors weights, their SHA-256 in the card, then rename into place.
+
+    ``extra_files`` maps file names to bytes written beside them (a training curve, a README)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -172,6 +176,8 @@ def save_model(folder: Path | str, card: dict, state_dict: dict, overwrite: bool
         save_file({key: value.detach().cpu().contiguous() for key, value in state_dict.items()}, str(weights))
         card = {**card, "weights": {"file": weights.name, "format": "safetensors", "sha256": sha256_file(weights)}}
         (staging / "model.json").write_text(json.dumps(card, indent=2))
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
         read_card(staging)
         if folder.exists():
             shutil.rmtree(folder)

@@ -329,3 +329,33 @@ def rows_from_table(node: "slicer.vtkMRMLTableNode") -> list[dict[str, object]]:
     table = node.GetTable()
     columns = [table.GetColumn(index) for index in range(table.GetNumberOfColumns())]
     return [{column.GetName(): column.GetValue(row) for column in columns} for row in range(table.GetNumberOfRows())]
+
+
+ORIGINAL_ROLE = "CTDeepSegOriginal"
+MODEL_ATTRIBUTE = "CTDeepSeg.Model"
+
+
+def keep_original_prediction(segmentation_node: "slicer.vtkMRMLSegmentationNode", model: Mapping) -> None:
+    """Keep a hidden copy of a model's prediction, and the model's record, with the segmentation node.
+
+    Why: the clinician edits the segmentation in place; exporting it as training data later should still know
+    what the model said (and which model said it), which is what makes a correction measurable.
+    """
+    import json
+
+    original = copy_segmentation(segmentation_node, f"{segmentation_node.GetName()} (model original)")
+    original.SetHideFromEditors(True)
+    original.GetDisplayNode().SetVisibility(False)
+    original.SetAttribute(MODEL_ATTRIBUTE, json.dumps(dict(model)))
+    segmentation_node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(dict(model)))
+    segmentation_node.SetNodeReferenceID(ORIGINAL_ROLE, original.GetID())
+
+
+def original_prediction(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode",
+) -> tuple["slicer.vtkMRMLSegmentationNode | None", dict | None]:
+    """The hidden copy of the model's prediction and the model's record, if the segmentation came from a model."""
+    import json
+
+    record = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
+    return segmentation_node.GetNodeReference(ORIGINAL_ROLE), json.loads(record) if record else None
