@@ -826,6 +826,8 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.test_CompareAndPostprocess()
         self.setUp()
         self.test_SegmentPhantomWithShippedModel()
+        self.setUp()
+        self.test_ExportTrainingPair()
 
     def test_PhantomThroughLogic(self) -> None:
         """A phantom's labels survive volume node -> segmentation node -> labels exactly."""
@@ -952,3 +954,24 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.assertGreaterEqual(dice["liver"], 0.9, dice)
         self.assertGreaterEqual(dice["lesion"], 0.7, dice)
         self.delayDisplay(f"Test passed (Dice {dice})")
+
+    def test_ExportTrainingPair(self) -> None:
+        """A segmentation node exports as an image/label pair that reads back exactly; a repeat is skipped."""
+        import tempfile
+
+        import numpy as np
+
+        from CTDeepSegLib.volume_io import read_label
+
+        self.delayDisplay("Export a training pair")
+        logic = CTDeepSegLogic()
+        volumeNode, segmentationNode, _ = logic.createPhantom(seed=8, shape=(24, 40, 40), spacing=(6, 6, 8))
+        with tempfile.TemporaryDirectory() as datasetDir:
+            result = logic.exportTrainingPair(volumeNode, segmentationNode, datasetDir, caseName="phantom8")
+            self.assertEqual((result.case, result.status, result.cases), ("phantom8", "exported", 1))
+            exported = read_label(f"{datasetDir}/labelsTr/phantom8.nii.gz")
+            expected = logic.segmentationToLabels(segmentationNode)
+            np.testing.assert_array_equal(exported.array, expected.array)
+            self.assertIsNone(logic.volumeFromNode(volumeNode).geometry_mismatch(exported))
+            self.assertEqual(logic.exportTrainingPair(volumeNode, segmentationNode, datasetDir).status, "skipped")
+        self.delayDisplay("Test passed")

@@ -98,6 +98,7 @@ def _curve_png(curve: list[dict], title: str) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     epochs = [point["epoch"] for point in curve]
@@ -107,6 +108,8 @@ def _curve_png(curve: list[dict], title: str) -> bytes:
         right.plot(epochs, [point["dice"].get(name, np.nan) for point in curve], marker="o", label=name)
     right.set(xlabel="epoch (0: before fine-tuning)", ylabel="validation Dice", ylim=(0, 1))
     right.legend(fontsize=8)
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title)
     figure.tight_layout()
     buffer = io.BytesIO()
