@@ -73,6 +73,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onJobDone: Callable[[Any], None] | None = None
         self._timer = None
         self._models: list = []
+        self._detectors: list = []
+        self._findingRois: list = []
 
     def setup(self) -> None:
         import qt
@@ -96,6 +98,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
+        self.ui.detectButton.connect("clicked(bool)", self.onDetect)
+        self.ui.findingsTableView.connect("selectionChanged()", self.onFindingSelected)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
@@ -116,6 +120,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, *_args) -> None:
         busy = self._job is not None
         self.ui.segmentButton.enabled = not busy and self.ui.inputVolumeSelector.currentNode() is not None
+        self.ui.detectButton.enabled = self.ui.segmentButton.enabled and self.ui.detectorComboBox.count > 0
         for button in (
             self.ui.createPhantomButton,
             self.ui.checkDependenciesButton,
@@ -187,10 +192,15 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def refreshModels(self) -> None:
-        self._models = self.logic.availableModels()
+        models = self.logic.availableModels()
+        self._models = [card for card in models if card.get("task") == "segmentation"]
+        self._detectors = [card for card in models if card.get("task") == "detection"]
         self.ui.modelComboBox.clear()
         for card in self._models:
             self.ui.modelComboBox.addItem(f"{card.name} {card['version']}")
+        self.ui.detectorComboBox.clear()
+        for card in self._detectors:
+            self.ui.detectorComboBox.addItem(f"{card.name} {card['version']}")
         self.onModelChanged()
 
     def onModelChanged(self, *_args) -> None:
@@ -285,6 +295,49 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runInBackground(
             lambda progress: self.logic.postprocessLabels(labels, steps, progress), apply, "Cleaning up..."
         )
+
+    def onDetect(self) -> None:
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        index = self.ui.detectorComboBox.currentIndex
+        if volumeNode is None or index < 0:
+            slicer.util.errorDisplay("Choose an input volume and a detector first.")
+            return
+        try:
+            self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
+            volume = self.logic.volumeFromNode(volumeNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        detector = self._detectors[index].folder
+        segmentLesions = self.ui.segmentLesionsCheckBox.checked
+        segmenterIndex = self.ui.modelComboBox.currentIndex
+        segmenter = self._models[segmenterIndex].folder if segmentLesions and segmenterIndex >= 0 else None
+        threshold = self.ui.thresholdSpinBox.value
+        device = self.ui.deviceComboBox.currentText
+
+        def show(output) -> None:
+            result, lesions = output
+            rois, table, _segmentation = self.logic.addFindings(result, volumeNode, lesions)
+            self._findingRois = rois
+            self.ui.findingsTableView.setMRMLTableNode(table)
+            self.ui.statusLabel.text = f"{len(rois)} finding(s) in {result.seconds:.1f} s on {result.device}."
+
+        self.runInBackground(
+            lambda progress: self.logic.detectVolume(
+                volume, detector, device, threshold, segmentLesions, segmenter, progress
+            ),
+            show,
+            "Detecting...",
+        )
+
+    def onFindingSelected(self) -> None:
+        rows = self.ui.findingsTableView.selectionModel().selectedRows()
+        rois = self._findingRois
+        if not rows or rows[0].row() >= len(rois):
+            return
+        centre = [0.0, 0.0, 0.0]
+        rois[rows[0].row()].GetCenterWorld(centre)
+        slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
 
     def onInputChanged(self, volumeNode) -> None:
         self.ui.caseNameLineEdit.text = self.logic.suggestCaseName(volumeNode) if volumeNode else ""
@@ -488,6 +541,13 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         ]
 
     @staticmethod
+    def roiNodeToBox(roiNode):
+        """The oriented ``Box`` (LPS) of a markups ROI node, with its CTDeepSeg score when it has one."""
+        from CTDeepSegLib.mrml_bridge import roi_node_to_box
+
+        return roi_node_to_box(roiNode, score=float(roiNode.GetAttribute("CTDeepSeg.Score") or 1.0))
+
+    @staticmethod
     def rowsToTable(rows, name: str):
         """A table node with one row per dictionary."""
         from CTDeepSegLib.mrml_bridge import table_from_rows
@@ -549,6 +609,94 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         for note in result.notes:
             logging.warning(note)
         return self.addSegmentation(result, volumeNode)
+
+    # ------------------------------------------------------------------ detection
+    @staticmethod
+    def availableDetectors() -> list:
+        """Cards of every detection model found."""
+        return [card for card in CTDeepSegLogic.availableModels() if card.get("task") == "detection"]
+
+    @staticmethod
+    def detectVolume(
+        volume,
+        model=None,
+        device: str = "auto",
+        threshold: float | None = None,
+        segmentLesions: bool = False,
+        segmenter=None,
+        progress: Progress | None = None,
+    ):
+        """Engine part of detection (safe on a worker thread): a ``DetectionResult``, and with ``segmentLesions``
+        a label volume with finding n as value n (the segmenter run inside each box), else None."""
+        from CTDeepSegLib.detect_segment import segment_findings
+        from CTDeepSegLib.detector import detect_volume
+        from CTDeepSegLib.model_store import open_model
+
+        progress = progress or Progress()
+        progress.update(0.0, "Loading detector")
+        card, network = open_model(model or "ctdeepseg-phantom-detector")
+        if card.get("task") != "detection":
+            raise CTDeepSegError(f"{card.name} is a {card.get('task')} model; choose a detection model.")
+        result = detect_volume(volume, card, network, device, threshold, progress=progress.step(0.0, 0.6))
+        lesions = None
+        if segmentLesions and result.findings:
+            segmenterCard, segmenterNetwork = open_model(segmenter)
+            lesions = segment_findings(
+                volume, result.findings, segmenterCard, segmenterNetwork, device, progress=progress.step(0.6, 1.0)
+            )
+        return result, lesions
+
+    @staticmethod
+    def confidenceColour(score: float) -> tuple[float, float, float]:
+        """Yellow for a finding at 0.5, red at 1.0: the more certain, the warmer."""
+        t = min(max((float(score) - 0.5) / 0.5, 0.0), 1.0)
+        return (1.0, 0.9 * (1.0 - t), 0.0)
+
+    def addFindings(self, result, volumeNode, lesions=None, name: str | None = None):
+        """One markups ROI per finding (named with rank and score, coloured by confidence), a table of findings
+        and, when given, the lesion segments; all in the volume's study. Returns (ROI nodes, table, segmentation)."""
+        from CTDeepSegLib.findings import findings_rows
+        from CTDeepSegLib.mrml_bridge import place_beside
+
+        name = name or f"{volumeNode.GetName()} findings"
+        rois = self.boxesToRoiNodes(result.findings, prefix="Finding")
+        for roi, box in zip(rois, result.findings, strict=True):
+            roi.GetDisplayNode().SetSelectedColor(*self.confidenceColour(box.score))
+            roi.GetDisplayNode().SetColor(*self.confidenceColour(box.score))
+            roi.SetAttribute("CTDeepSeg.Score", f"{box.score:.4f}")
+            place_beside(roi, volumeNode)
+        rows = findings_rows(result.findings)
+        for row, roi in zip(rows, rois, strict=True):
+            row["roi"] = roi.GetID()
+        table = self.rowsToTable(rows, name)
+        place_beside(table, volumeNode)
+        segmentation = None
+        if lesions is not None:
+            names = {
+                number: (f"lesion {number} ({box.score:.2f})", self.confidenceColour(box.score))
+                for number, box in enumerate(result.findings, start=1)
+            }
+            segmentation = self.labelsToSegmentation(lesions, volumeNode, names, f"{name} lesions")
+            place_beside(segmentation, volumeNode)
+        return rois, table, segmentation
+
+    def detect(
+        self,
+        volumeNode,
+        model=None,
+        device: str = "auto",
+        threshold: float | None = None,
+        segmentLesions: bool = False,
+        segmenter=None,
+        progress: Progress | None = None,
+    ):
+        """Find lesions in a volume node: (ROI nodes, findings table node, lesion segmentation node or None)."""
+        result, lesions = self.detectVolume(
+            self.volumeFromNode(volumeNode), model, device, threshold, segmentLesions, segmenter, progress
+        )
+        for note in result.notes:
+            logging.warning(note)
+        return self.addFindings(result, volumeNode, lesions)
 
     # ------------------------------------------------------------------ training data
     @staticmethod
@@ -828,6 +976,8 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.test_SegmentPhantomWithShippedModel()
         self.setUp()
         self.test_ExportTrainingPair()
+        self.setUp()
+        self.test_DetectPhantomLesions()
 
     def test_PhantomThroughLogic(self) -> None:
         """A phantom's labels survive volume node -> segmentation node -> labels exactly."""
@@ -974,4 +1124,24 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
             np.testing.assert_array_equal(exported.array, expected.array)
             self.assertIsNone(logic.volumeFromNode(volumeNode).geometry_mismatch(exported))
             self.assertEqual(logic.exportTrainingPair(volumeNode, segmentationNode, datasetDir).status, "skipped")
+        self.delayDisplay("Test passed")
+
+    def test_DetectPhantomLesions(self) -> None:
+        """The shipped detector finds a phantom's lesions through the logic: each true lesion has a finding
+        whose centre lies inside it, shown as an ROI and a table row."""
+        from CTDeepSegLib.froc import centre_inside
+
+        self.delayDisplay("Detect phantom lesions")
+        logic = CTDeepSegLogic()
+        if logic.missingDependencies():
+            self.skipTest("detection needs PyTorch: install it from the module panel first")
+        volumeNode, _segmentationNode, lesions = logic.createPhantom(
+            seed=12, shape=(96, 150, 150), spacing=(2.2, 2.2, 2.5), lesion_radius_mm=(8.0, 12.0)
+        )
+        rois, table, _ = logic.detect(volumeNode)
+        self.assertEqual(table.GetNumberOfRows(), len(rois))
+        found = [logic.roiNodeToBox(roi) for roi in rois]
+        for lesion in lesions:
+            self.assertTrue(any(centre_inside(box, lesion.box) for box in found), f"missed {lesion}")
+        self.assertLessEqual(len(rois), len(lesions) + 2)
         self.delayDisplay("Test passed")

@@ -30,7 +30,7 @@ def test_a_corrected_model_segmentation_exports_with_its_original_and_model_reco
     original = read_label(tmp_path / "ds" / "labelsTr" / "original" / "Phantom_CT_4.nii.gz")
     np.testing.assert_array_equal(original.array, prediction)
     record = json.loads((tmp_path / "ds" / "provenance" / "Phantom_CT_4.json").read_text())
-    card = logic.availableModels()[0]
+    (card,) = [c for c in logic.availableModels() if c.name == "ctdeepseg-phantom-ct"]
     assert record["model"] == {"name": card.name, "version": "1.0.0", "sha256": card["weights"]["sha256"]}
     lesion = record["changes"]["lesion"]
     expected = 2 * np.sum((prediction == 4) & (truth.array == 4)) / (np.sum(prediction == 4) + np.sum(truth.array == 4))

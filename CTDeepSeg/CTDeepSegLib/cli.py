@@ -230,6 +230,69 @@ def command_segment(arguments: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def command_detect(arguments: argparse.Namespace) -> int:
+    from .cohort import cohort_inputs, run_cohort
+    from .detector import detect_volume
+    from .findings import write_findings
+    from .model_store import open_model
+    from .volume_io import read_volume
+
+    card, network = open_model(arguments.model or "ctdeepseg-phantom-detector")
+    if card["task"] != "detection":
+        raise CTDeepSegError(f"{card.name}: is a {card['task']} model; choose a detection model (--model).")
+
+    def detect_one(source: Path, target: Path, step: Progress) -> None:
+        result = detect_volume(read_volume(source), card, network, arguments.device, arguments.threshold, progress=step)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        write_findings(target, result, str(source), overwrite=arguments.overwrite)
+        print(f"{source} -> {target}: {len(result.findings)} finding(s) ({result.seconds:.1f} s on {result.device})")
+        for rank, box in enumerate(result.findings, start=1):
+            centre = ", ".join(f"{v:.1f}" for v in box.centre)
+            size = " x ".join(f"{v:.1f}" for v in box.size)
+            print(f"  {rank:>2}. {box.label} score {box.score:.2f} at LPS ({centre}) mm, {size} mm")
+
+    cases = cohort_inputs(arguments.input)
+    if cases is None:
+        detect_one(Path(arguments.input), Path(arguments.output), Progress(_print_progress))
+        return 0
+    report = run_cohort(
+        cases, Path(arguments.output), detect_one, arguments.overwrite, Progress(_print_progress), ".json"
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def command_froc(arguments: argparse.Namespace) -> int:
+    from .evaluation import parse_labels
+    from .findings import read_candidates
+    from .froc import froc, truth_boxes
+    from .froc_report import froc_plot, pair_cases
+    from .volume_io import read_label
+
+    pairs = pair_cases(Path(arguments.predictions), Path(arguments.truth))
+    values = list(parse_labels(arguments.labels) or {}) or None
+    predictions, truths = {}, {}
+    for case, prediction, truth in pairs:
+        predictions[case] = read_candidates(prediction) if prediction else []
+        truths[case] = (
+            read_candidates(truth)
+            if truth.suffix == ".json"
+            else truth_boxes(read_label(truth), values, arguments.min_volume_mm3)
+        )
+    result = froc(predictions, truths, arguments.rule, arguments.iou)
+    print(f"{result.scans} scan(s), {result.lesions} lesion(s); hit rule: {arguments.rule}")
+    print("FP per scan   " + "  ".join(f"{rate:>6g}" for rate in result.sensitivities))
+    print("sensitivity   " + "  ".join(f"{value:6.3f}" for value in result.sensitivities.values()))
+    print(f"CPM {result.cpm:.3f}; " + ", ".join(f"AP@IoU{t:g} {v:.3f}" for t, v in result.average_precision.items()))
+    output = Path(arguments.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "froc.json").write_text(json.dumps({"rule": arguments.rule, **result.to_dict()}, indent=2))
+    froc_plot(result, output / "froc.png")
+    print(f"Wrote {output / 'froc.json'} and {output / 'froc.png'}")
+    return 0
+
+
 def command_demo(arguments: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -312,6 +375,16 @@ def command_finetune(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_train_detector(arguments: argparse.Namespace) -> int:
+    from .detector_training import DetectorRecipe, train_detector
+
+    recipe = DetectorRecipe(seed=arguments.seed, iterations=arguments.iterations, train_phantoms=arguments.phantoms)
+    card = train_detector(Path(arguments.output), recipe, Progress(_print_progress))
+    figures = card["validation"]["validation_phantoms"]
+    print(f"Wrote detector {card.name} to {card.folder}; validation CPM {figures['cpm']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
@@ -371,6 +444,27 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     segment.set_defaults(handler=command_segment)
 
+    detect = commands.add_parser("detect", help="find lesions: 3D boxes with scores, as JSON and CSV")
+    detect.add_argument("input", help="volume file, DICOM series folder, folder of volume files, or a glob")
+    detect.add_argument(
+        "-o", "--output", required=True, help="FINDINGS.json (a CSV is written beside it); a folder for many cases"
+    )
+    detect.add_argument("--model", help="detection model name or folder (default: the shipped detector)")
+    detect.add_argument("--threshold", type=float, help="lowest score reported as a finding (default: the model's)")
+    detect.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    detect.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    detect.set_defaults(handler=command_detect)
+
+    score = commands.add_parser("froc", help="FROC, CPM and average precision of findings against the truth")
+    score.add_argument("predictions", help="a findings JSON, or a folder of them (<case>.json)")
+    score.add_argument("truth", help="a label volume or box-list JSON, or a folder of them (matched by case name)")
+    score.add_argument("--labels", help="label values that are lesions in the truth volumes (default: all)")
+    score.add_argument("--min-volume-mm3", type=float, default=0.0, help="ignore smaller true lesions")
+    score.add_argument("--rule", choices=("centre", "iou"), default="centre", help="hit rule (default: centre)")
+    score.add_argument("--iou", type=float, default=0.1, help="3D IoU for the iou rule (default 0.1)")
+    score.add_argument("-o", "--output", default="results/froc", help="folder for froc.json and froc.png")
+    score.set_defaults(handler=command_froc)
+
     train = commands.add_parser("train", help="train the demonstration CT segmenter from phantoms (the shipped recipe)")
     train.add_argument("-o", "--output", required=True, help="new model folder")
     train.add_argument("--seed", type=int, default=0)
@@ -401,6 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted or cancelled run")
     tune.set_defaults(handler=command_finetune)
+
+    train_det = commands.add_parser(
+        "train-detector", help="train the demonstration lesion detector from phantoms (the shipped recipe)"
+    )
+    train_det.add_argument("-o", "--output", required=True, help="new model folder")
+    train_det.add_argument("--seed", type=int, default=0)
+    train_det.add_argument("--iterations", type=int, default=1200)
+    train_det.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
+    train_det.set_defaults(handler=command_train_detector)
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -52,14 +52,15 @@ def run_cohort(
     work: Callable[[Path, Path, Progress], None],
     overwrite: bool = False,
     progress: Progress | None = None,
+    suffix: str = ".nii.gz",
 ) -> CohortReport:
-    """Call ``work(input, output, progress)`` for each case (output ``<case>.nii.gz`` in ``output_folder``)."""
+    """Call ``work(input, output, progress)`` for each case (output ``<case><suffix>`` in ``output_folder``)."""
     progress = progress or Progress()
     output_folder.mkdir(parents=True, exist_ok=True)
     report = CohortReport()
     for index, source in enumerate(inputs):
         name = source.name[: -len(volume_suffix(source))]
-        target = output_folder / f"{name}.nii.gz"
+        target = output_folder / f"{name}{suffix}"
         step = progress.step(index / len(inputs), (index + 1) / len(inputs))
         step.update(0.0, f"Case {index + 1}/{len(inputs)}: {name}")
         if target.exists() and not overwrite:

@@ -118,9 +118,10 @@ class ModelGrid:
         return torch.nn.functional.interpolate(image, size=self.size_kji, mode="trilinear", align_corners=False)
 
 
-def model_grid(volume: Volume, card: Any) -> ModelGrid:
-    """The ``ModelGrid`` of ``volume`` for a model ``card`` (spacing, orientation, modality)."""
-    box = body_box(volume, card["modality"])
+def model_grid(volume: Volume, card: Any, crop_to_body: bool = True) -> ModelGrid:
+    """The ``ModelGrid`` of ``volume`` for a model ``card`` (spacing, orientation, modality); without
+    ``crop_to_body`` the whole volume is kept (a crop already chosen by the caller, e.g. around a finding)."""
+    box = body_box(volume, card["modality"]) if crop_to_body else tuple(slice(0, n) for n in volume.shape)
     order, flips = reorientation(axis_codes(volume.direction), card["orientation"])
     shape = tuple(volume.array[box].shape[::-1][axis] for axis in order)[::-1]
     spacing_ijk = volume.spacing[order]
@@ -299,6 +300,7 @@ def segment_volume(
     postprocess_labels: bool = True,
     sw_batch_size: int = 4,
     progress: Progress | None = None,
+    crop_to_body: bool = True,
 ) -> SegmentationResult:
     """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid."""
 
@@ -308,7 +310,7 @@ def segment_volume(
     device = pick_device(device)
     notes: list[str] = []
     progress.update(0.0, "Preparing")
-    grid = model_grid(volume, card)
+    grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     windows = progress.step(0.02, 0.9)

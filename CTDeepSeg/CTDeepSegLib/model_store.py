@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .detector import DETECTOR_CLASS, build_detector
 from .errors import CTDeepSegError
 from .model_paths import find_model_folders
 
@@ -101,7 +102,13 @@ def read_card(folder: Path) -> ModelCard:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise CTDeepSegError(f"{path}: missing field(s) {', '.join(missing)}.")
-    if data["network"].get("class") not in NETWORKS:
+    detection = data["task"] == "detection"
+    if detection and (data["network"].get("class") != DETECTOR_CLASS or "detection" not in data):
+        raise CTDeepSegError(
+            f"{path}: a detection model needs network class {DETECTOR_CLASS} and a 'detection' section "
+            "(score_threshold, link_iou, nms_iou)."
+        )
+    if not detection and data["network"].get("class") not in NETWORKS:
         raise CTDeepSegError(
             f"{path}: network class {data['network'].get('class')!r} is not supported; "
             f"use one of {', '.join(NETWORKS)}."
@@ -119,6 +126,8 @@ def build_network(card: ModelCard):
 
     network = card["network"]
     try:
+        if network["class"] == DETECTOR_CLASS:
+            return build_detector(network.get("args", {}))
         return getattr(nets, network["class"])(**network.get("args", {}))
     except TypeError as error:
         raise CTDeepSegError(
