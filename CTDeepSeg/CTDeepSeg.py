@@ -214,19 +214,26 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         labels = ", ".join(label.name for label in card.labels)
         self.ui.modelDescriptionLabel.text = f"{card.get('description', '')}\nLabels: {labels}"
 
-    def onSegment(self) -> None:
+    def _readyInput(self, comboBox, what: str):
+        """(input volume node, its engine volume) once a model is chosen and the dependencies are installed;
+        None after telling the user what is missing."""
         volumeNode = self.ui.inputVolumeSelector.currentNode()
-        index = self.ui.modelComboBox.currentIndex
-        if volumeNode is None or index < 0:
-            slicer.util.errorDisplay("Choose an input volume and a model first.")
-            return
+        if volumeNode is None or comboBox.currentIndex < 0:
+            slicer.util.errorDisplay(f"Choose an input volume and a {what} first.")
+            return None
         try:
             self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
-            volume = self.logic.volumeFromNode(volumeNode)
+            return volumeNode, self.logic.volumeFromNode(volumeNode)
         except CTDeepSegError as error:
             slicer.util.errorDisplay(str(error))
+            return None
+
+    def onSegment(self) -> None:
+        ready = self._readyInput(self.ui.modelComboBox, "model")
+        if ready is None:
             return
-        folder = self._models[index].folder
+        volumeNode, volume = ready
+        folder = self._models[self.ui.modelComboBox.currentIndex].folder
         device = self.ui.deviceComboBox.currentText
 
         def show(result) -> None:
@@ -297,18 +304,11 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def onDetect(self) -> None:
-        volumeNode = self.ui.inputVolumeSelector.currentNode()
-        index = self.ui.detectorComboBox.currentIndex
-        if volumeNode is None or index < 0:
-            slicer.util.errorDisplay("Choose an input volume and a detector first.")
+        ready = self._readyInput(self.ui.detectorComboBox, "detector")
+        if ready is None:
             return
-        try:
-            self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay)
-            volume = self.logic.volumeFromNode(volumeNode)
-        except CTDeepSegError as error:
-            slicer.util.errorDisplay(str(error))
-            return
-        detector = self._detectors[index].folder
+        volumeNode, volume = ready
+        detector = self._detectors[self.ui.detectorComboBox.currentIndex].folder
         segmentLesions = self.ui.segmentLesionsCheckBox.checked
         segmenterIndex = self.ui.modelComboBox.currentIndex
         segmenter = self._models[segmenterIndex].folder if segmentLesions and segmenterIndex >= 0 else None

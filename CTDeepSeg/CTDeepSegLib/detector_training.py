@@ -21,7 +21,7 @@ import numpy as np
 
 from .jobs import Progress
 from .phantom import LABEL_COLOURS, LABELS
-from .training import SNOMED, recipe_phantom
+from .training import SNOMED, recipe_phantoms
 
 LESION = [value for value, name in LABELS.items() if name == "lesion"][0]
 
@@ -103,9 +103,7 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
     card = detector_card(recipe, args)
     train, validation = [], []
     total = recipe.train_phantoms + recipe.validation_phantoms
-    for index in range(total):
-        progress.update(0.05 * index / total, "Making phantoms")
-        phantom = recipe_phantom(rng, recipe.spacing_mm)
+    for index, phantom in enumerate(recipe_phantoms(rng, recipe.spacing_mm, total, progress)):
         if index < recipe.train_phantoms:
             train.append(_on_model_grid(phantom, card))
         else:

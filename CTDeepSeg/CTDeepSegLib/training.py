@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def recipe_phantom(rng: np.random.Generator, spacing: float):
     )
 
 
+def recipe_phantoms(rng: np.random.Generator, spacing: float, count: int, progress: Progress) -> Iterator:
+    """``count`` recipe phantoms drawn from ``rng`` in order (the segmenter and the detector share the draw),
+    reporting progress over the first 5 % of the run."""
+    for index in range(count):
+        progress.update(0.05 * index / count, "Making phantoms")
+        yield recipe_phantom(rng, spacing)
+
+
 def _crop(image: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Generator):
     if rng.random() < 0.6:
         value = rng.choice([1, 2, 3, 4, 4, 4])
@@ -106,11 +115,12 @@ def train_segmenter(output: Path, recipe: Recipe | None = None, progress: Progre
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     window = {"kind": "ct_window", "window": list(recipe.window)}
-    phantoms = []
-    for index in range(recipe.train_phantoms + recipe.validation_phantoms):
-        progress.update(0.05 * index / (recipe.train_phantoms + recipe.validation_phantoms), "Making phantoms")
-        phantom = recipe_phantom(rng, recipe.spacing_mm)
-        phantoms.append((normalise(phantom.image.array, window), phantom.labels.array))
+    phantoms = [
+        (normalise(phantom.image.array, window), phantom.labels.array)
+        for phantom in recipe_phantoms(
+            rng, recipe.spacing_mm, recipe.train_phantoms + recipe.validation_phantoms, progress
+        )
+    ]
     train, validation = phantoms[: recipe.train_phantoms], phantoms[recipe.train_phantoms :]
 
     network_args = {
