@@ -126,3 +126,149 @@ def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
             f'    hash_val: "{digest}"\n    hash_type: "md5"\n'
         )
     return folder
+
+
+def retinanet_network(backbone_depth: int = 10):
+    """The network of ``lung_nodule_bundle`` with random weights, classification bias 0 (scores near 0.5, so
+    boxes pass the bundle's score threshold without training)."""
+    from monai.apps.detection.networks.retinanet_network import RetinaNet, resnet_fpn_feature_extractor
+    from monai.networks.nets import resnet
+
+    torch.manual_seed(0)
+    backbone = getattr(resnet, f"resnet{backbone_depth}")(
+        spatial_dims=3, n_input_channels=1, conv1_t_stride=[2, 2, 1], conv1_t_size=[7, 7, 7]
+    )
+    extractor = resnet_fpn_feature_extractor(backbone, 3, False, [1, 2], None)
+    network = RetinaNet(
+        spatial_dims=3, num_classes=1, num_anchors=3, feature_extractor=extractor, size_divisible=[16, 16, 8]
+    )
+    torch.nn.init.zeros_(network.classification_head.cls_logits.bias)
+    return network
+
+
+def lung_nodule_bundle(folder: Path, patch: tuple[int, int, int] = (32, 32, 16), publish_hash: bool = True) -> Path:
+    """A detection bundle laid out exactly as the Model Zoo's lung_nodule_ct_detection (its inference.json's
+    keys, expressions and transforms), with a small ResNet-10 backbone, a small patch and coarse spacing so a
+    CPU test runs in seconds."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    metadata = {
+        "version": "0.1.1",
+        "task": "CT lung nodule detection",
+        "description": "test copy of the lung_nodule_ct_detection bundle layout",
+        "intended_use": "This is an example, not to be used for diagnostic purposes",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "CT", "num_channels": 1}},
+            "outputs": {"pred": {"type": "object", "format": "dict", "num_channels": 1}},
+        },
+    }
+    inference = {
+        "whether_raw_luna16": False,
+        "whether_resampled_luna16": "$(not @whether_raw_luna16)",
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": "./",
+        "ckpt_dir": "$@bundle_root + '/models'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "amp": True,
+        "infer_patch_size": list(patch),
+        "anchor_generator": {
+            "_target_": "monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape",
+            "feature_map_scales": [1, 2, 4],
+            "base_anchor_shapes": [[6, 8, 4], [8, 6, 5], [10, 10, 6]],
+        },
+        "backbone": "$monai.networks.nets.resnet.resnet10(spatial_dims=3,n_input_channels=1,"
+        "conv1_t_stride=[2,2,1],conv1_t_size=[7,7,7])",
+        "feature_extractor": "$monai.apps.detection.networks.retinanet_network.resnet_fpn_feature_extractor("
+        "@backbone,3,False,[1,2],None)",
+        "network_def": {
+            "_target_": "RetinaNet",
+            "spatial_dims": 3,
+            "num_classes": 1,
+            "num_anchors": 3,
+            "feature_extractor": "@feature_extractor",
+            "size_divisible": [16, 16, 8],
+        },
+        "network": "$@network_def.to(@device)",
+        "detector": {
+            "_target_": "RetinaNetDetector",
+            "network": "@network",
+            "anchor_generator": "@anchor_generator",
+            "debug": False,
+        },
+        "detector_ops": [
+            "$@detector.set_target_keys(box_key='box', label_key='label')",
+            "$@detector.set_box_selector_parameters(score_thresh=0.02,topk_candidates_per_level=1000,"
+            "nms_thresh=0.22,detections_per_img=300)",
+            "$@detector.set_sliding_window_inferer(roi_size=@infer_patch_size,overlap=0.25,sw_batch_size=1,"
+            "mode='constant',device='cpu')",
+        ],
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {
+                    "_target_": "LoadImaged",
+                    "keys": "image",
+                    "meta_key_postfix": "meta_dict",
+                    "_disabled_": "@whether_raw_luna16",
+                },
+                {
+                    "_target_": "LoadImaged",
+                    "keys": "image",
+                    "meta_key_postfix": "meta_dict",
+                    "reader": "itkreader",
+                    "affine_lps_to_ras": True,
+                    "_disabled_": "@whether_resampled_luna16",
+                },
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {
+                    "_target_": "Spacingd",
+                    "keys": "image",
+                    "pixdim": [2.0, 2.0, 2.5],
+                    "_disabled_": "@whether_resampled_luna16",
+                },
+                {
+                    "_target_": "ScaleIntensityRanged",
+                    "keys": "image",
+                    "a_min": -1024.0,
+                    "a_max": 300.0,
+                    "b_min": 0.0,
+                    "b_max": 1.0,
+                    "clip": True,
+                },
+                {"_target_": "EnsureTyped", "keys": "image"},
+            ],
+        },
+        "inferer": {"_target_": "scripts.detection_inferer.RetinaNetInferer", "detector": "@detector"},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {
+                    "_target_": "ClipBoxToImaged",
+                    "box_keys": "box",
+                    "label_keys": "label",
+                    "box_ref_image_keys": "image",
+                    "remove_empty": True,
+                },
+                {
+                    "_target_": "AffineBoxToWorldCoordinated",
+                    "box_keys": "box",
+                    "box_ref_image_keys": "image",
+                    "image_meta_key_postfix": "meta_dict",
+                    "affine_lps_to_ras": True,
+                },
+                {"_target_": "ConvertBoxModed", "box_keys": "box", "src_mode": "xyzxyz", "dst_mode": "cccwhd"},
+                {"_target_": "DeleteItemsd", "keys": ["image"]},
+            ],
+        },
+    }
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=4))
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
+    torch.save(retinanet_network().state_dict(), folder / "models" / "model.pt")
+    if publish_hash:
+        digest = hashlib.md5((folder / "models" / "model.pt").read_bytes()).hexdigest()
+        (folder / "large_files.yml").write_text(
+            f'large_files:\n  - path: "models/model.pt"\n    url: "https://example.invalid/model.pt"\n'
+            f'    hash_val: "{digest}"\n    hash_type: "md5"\n'
+        )
+    return folder

@@ -7,7 +7,8 @@ arguments) and the preprocessing is mapped onto the engine's pipeline (``Orienta
 ``SlidingWindowInferer`` settings). Config expressions (``$...`` / ``@...``) are never evaluated: a field the
 pipeline needs that is an expression is refused with a message. Weights are read with
 ``torch.load(weights_only=True)``, which cannot run code, and checked against the hash in the bundle's
-``large_files.yml`` when it publishes one.
+``large_files.yml`` when it publishes one. A bundle whose ``network_def`` is MONAI's ``RetinaNet`` is a
+detector; ``retinanet_bundle`` reads it.
 """
 
 from __future__ import annotations
@@ -64,14 +65,28 @@ def _published_hash(folder: Path) -> tuple[str, str] | None:
     return None
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CTDeepSegError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}).") from None
+
+
 def bundle_card(folder: Path) -> ModelCard:
-    """The CTDeepSeg card equivalent to a bundle's configs (weights not loaded)."""
-    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
-    config = json.loads((folder / "configs" / "inference.json").read_text())
+    """The CTDeepSeg card equivalent to a bundle's configs (weights not loaded): a segmentation network, or a
+    RetinaNet detector (``retinanet_bundle``)."""
+    from .retinanet_bundle import RETINANET_CLASS, retinanet_card
+
+    metadata = _read_json(folder / "configs" / "metadata.json")
+    config = _read_json(folder / "configs" / "inference.json")
     where = f"{folder / 'configs' / 'inference.json'}"
     network = config.get("network_def")
+    outputs = metadata.get("network_data_format", {}).get("outputs", {})
+    if isinstance(network, dict) and _target(network) == RETINANET_CLASS:
+        channels = next(iter(outputs.values()), {}).get("channel_def", {})
+        return ModelCard(folder, retinanet_card(folder, metadata, config, _transforms(config), channels))
     if not isinstance(network, dict) or _target(network) not in NETWORKS:
-        raise CTDeepSegError(f"{where}: network_def must be one of {', '.join(NETWORKS)}.")
+        raise CTDeepSegError(f"{where}: network_def must be one of {', '.join(NETWORKS)} or {RETINANET_CLASS}.")
     args = _literal({k: v for k, v in network.items() if not k.startswith("_")}, f"{where} network_def")
     transforms = _transforms(config)
     if "Spacingd" not in transforms:
@@ -93,7 +108,6 @@ def bundle_card(folder: Path) -> ModelCard:
     post = _transforms(config, "postprocessing")
     sigmoid = _literal(post.get("Activationsd", {}).get("sigmoid", False), f"{where} Activationsd.sigmoid")
     threshold = _literal(post.get("AsDiscreted", {}).get("threshold", 0.5), f"{where} AsDiscreted.threshold")
-    outputs = metadata.get("network_data_format", {}).get("outputs", {})
     default = {"0": "foreground"} if sigmoid else {"0": "background", "1": "foreground"}
     channels = next(iter(outputs.values()), {}).get("channel_def", default)
     offset = 1 if sigmoid else 0  # sigmoid channels are labels 1, 2, ...; softmax channel 0 is background
@@ -133,6 +147,7 @@ def load_bundle(folder: Path) -> tuple[ModelCard, Any]:
     import torch
 
     from .model_store import build_network
+    from .retinanet_bundle import build_retinanet
 
     card = bundle_card(folder)
     weights = folder / "models" / "model.pt"
@@ -155,7 +170,7 @@ def load_bundle(folder: Path) -> tuple[ModelCard, Any]:
         raise CTDeepSegError(f"{weights}: not a plain weights file ({type(error).__name__}: {error}).") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    network = build_network(card)
+    network = build_retinanet(card) if card["task"] == "detection" else build_network(card)
     try:
         network.load_state_dict(state)
     except RuntimeError:

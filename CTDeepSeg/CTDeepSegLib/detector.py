@@ -211,10 +211,17 @@ def detect_volume(
     batch: int = 8,
     progress: Progress | None = None,
 ) -> DetectionResult:
-    """Find lesions in ``volume`` with a loaded detector; boxes are in the volume's patient space."""
+    """Find lesions in ``volume`` with a loaded detector; boxes are in the volume's patient space.
+
+    A MONAI RetinaNet bundle goes to ``retinanet_bundle.detect_retinanet`` (``batch`` is then its windows at a
+    time)."""
     import torch
 
     from .inference import model_grid, pick_device, run_with_fallback
+    from .retinanet_bundle import RETINANET_CLASS, detect_retinanet
+
+    if card["network"]["class"] == RETINANET_CLASS:
+        return detect_retinanet(volume, card, network, device, threshold, progress=progress)
 
     started = time.monotonic()
     progress = progress or Progress()
