@@ -60,6 +60,15 @@ SPLEEN_ARGS = {
 }
 
 
+def _publish_md5(folder: Path) -> None:
+    """A ``large_files.yml`` publishing the MD5 of ``models/model.pt``, as Model Zoo bundles do."""
+    digest = hashlib.md5((folder / "models" / "model.pt").read_bytes()).hexdigest()
+    (folder / "large_files.yml").write_text(
+        f'large_files:\n  - path: "models/model.pt"\n    url: "https://example.invalid/model.pt"\n'
+        f'    hash_val: "{digest}"\n    hash_type: "md5"\n'
+    )
+
+
 def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
     """A bundle laid out exactly as the Model Zoo's spleen_ct_segmentation (configs, models/model.pt)."""
     (folder / "configs").mkdir(parents=True)
@@ -120,11 +129,7 @@ def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
     torch.manual_seed(0)
     torch.save(UNet(**SPLEEN_ARGS).state_dict(), folder / "models" / "model.pt")
     if publish_hash:
-        digest = hashlib.md5((folder / "models" / "model.pt").read_bytes()).hexdigest()
-        (folder / "large_files.yml").write_text(
-            f'large_files:\n  - path: "models/model.pt"\n    url: "https://example.invalid/model.pt"\n'
-            f'    hash_val: "{digest}"\n    hash_type: "md5"\n'
-        )
+        _publish_md5(folder)
     return folder
 
 
@@ -266,9 +271,5 @@ def lung_nodule_bundle(folder: Path, patch: tuple[int, int, int] = (32, 32, 16),
     (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
     torch.save(retinanet_network().state_dict(), folder / "models" / "model.pt")
     if publish_hash:
-        digest = hashlib.md5((folder / "models" / "model.pt").read_bytes()).hexdigest()
-        (folder / "large_files.yml").write_text(
-            f'large_files:\n  - path: "models/model.pt"\n    url: "https://example.invalid/model.pt"\n'
-            f'    hash_val: "{digest}"\n    hash_type: "md5"\n'
-        )
+        _publish_md5(folder)
     return folder
