@@ -202,36 +202,16 @@ def _to_input_box(volume: Volume, grid: Any, candidate: dict, label: str) -> Box
     return Box.from_index_bounds(volume, lower + start, upper + start - 1, label=label, score=candidate["score"])
 
 
-def detect_volume(
-    volume: Volume,
-    card: Any,
-    network: Any,
-    device: str = "auto",
-    threshold: float | None = None,
-    batch: int = 8,
-    progress: Progress | None = None,
-) -> DetectionResult:
-    """Find lesions in ``volume`` with a loaded detector; boxes are in the volume's patient space.
-
-    A MONAI RetinaNet bundle goes to ``retinanet_bundle.detect_retinanet`` (``batch`` is then its windows at a
-    time)."""
+def _faster_rcnn_candidates(
+    volume: Volume, card: Any, network: Any, device: str, batch: int, progress: Progress, notes: list[str]
+) -> list[Box]:
+    """Every linked 3D candidate of CTDeepSeg's 2.5D Faster R-CNN, best first (the module docstring's rule)."""
     import torch
 
-    from .inference import model_grid, pick_device, run_with_fallback
-    from .retinanet_bundle import RETINANET_CLASS, detect_retinanet
+    from .inference import model_grid, run_with_fallback
 
-    if card["network"]["class"] == RETINANET_CLASS:
-        return detect_retinanet(volume, card, network, device, threshold, progress=progress)
-
-    started = time.monotonic()
-    progress = progress or Progress()
-    volume.require_finite("input volume")
-    device = pick_device(device)
-    notes: list[str] = []
     settings = card["detection"]
-    threshold = settings["score_threshold"] if threshold is None else float(threshold)
     grid = model_grid(volume, card)
-    progress.update(0.0, "Preparing")
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])[0, 0]
 
     def run(where: str, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -248,7 +228,36 @@ def detect_volume(
     per_slice = run_with_fallback(run, device, batch, notes)
     candidates = suppress(link_slices(per_slice, settings["link_iou"]), settings["nms_iou"])
     label = card.labels[0].name
-    boxes = [_to_input_box(volume, grid, candidate, label) for candidate in candidates]
+    return [_to_input_box(volume, grid, candidate, label) for candidate in candidates]
+
+
+def detect_volume(
+    volume: Volume,
+    card: Any,
+    network: Any,
+    device: str = "auto",
+    threshold: float | None = None,
+    batch: int = 8,
+    progress: Progress | None = None,
+) -> DetectionResult:
+    """Find lesions in ``volume`` with a loaded detector; boxes are in the volume's patient space.
+
+    CTDeepSeg's Faster R-CNN reads ``batch`` slices at a time; a MONAI RetinaNet bundle
+    (``retinanet_bundle``) runs its own sliding-window batch instead."""
+    from .inference import pick_device
+    from .retinanet_bundle import RETINANET_CLASS, retinanet_candidates
+
+    started = time.monotonic()
+    progress = progress or Progress()
+    volume.require_finite("input volume")
+    device = pick_device(device)
+    notes: list[str] = []
+    threshold = card["detection"]["score_threshold"] if threshold is None else float(threshold)
+    progress.update(0.0, "Preparing")
+    if card["network"]["class"] == RETINANET_CLASS:
+        boxes = retinanet_candidates(volume, card, network, device, progress, notes)
+    else:
+        boxes = _faster_rcnn_candidates(volume, card, network, device, batch, progress, notes)
     findings = [box for box in boxes if box.score >= threshold]
     progress.update(1.0, f"Found {len(findings)} lesion(s)")
     return DetectionResult(findings, boxes, card, device, time.monotonic() - started, notes)

@@ -15,8 +15,8 @@ beforehand, but CTDeepSeg's inputs come at any spacing), the ``RetinaNetDetector
 image exceeds the patch size, as the bundle's inferer does), boxes clipped to the image, then mapped to
 patient space with the resampled image's affine. MONAI's box coordinates are continuous voxel indices with
 voxel centres on integers (what its ``AffineBoxToWorldCoordinated`` assumes), so a box's corners map through
-the affine as they are. Boxes keep the resampled grid's axes (``Box.axes``), so an oblique scan gives boxes
-aligned with its voxels.
+the affine as they are. A box takes the input volume's axes (the resampled grid's, up to order and sign), so
+findings read like the Faster R-CNN's and an oblique scan gives boxes aligned with its voxels.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import math
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -286,7 +285,8 @@ def model_image(volume: Volume, card: Any) -> Any:
 
     array = np.ascontiguousarray(volume.array.transpose(2, 1, 0), dtype=np.float32)[None]
     image = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(volume.ijk_to_ras()))
-    image = Orientation(axcodes=card["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)  # RAS
+    ras_labels = (("L", "R"), ("P", "A"), ("I", "S"))  # the affine above is RAS, whatever MONAI's default becomes
+    image = Orientation(axcodes=card["orientation"], labels=ras_labels)(image)
     image = Spacing(pixdim=card["spacing"])(image)
     window = card["normalisation"]
     low, high = window["output_range"]
@@ -329,28 +329,16 @@ def to_patient_boxes(
     return sorted(found, key=lambda b: -b.score)
 
 
-def detect_retinanet(
-    volume: Volume,
-    card: Any,
-    network: Any,
-    device: str = "auto",
-    threshold: float | None = None,
-    batch: int | None = None,
-    progress: Progress | None = None,
-) -> Any:
-    """Find lesions in ``volume`` with a RetinaNet bundle; a ``DetectionResult`` as for the Faster R-CNN."""
+def retinanet_candidates(
+    volume: Volume, card: Any, network: Any, device: str, progress: Progress, notes: list[str]
+) -> list[Box]:
+    """Every box the bundle's detector keeps (above its ``score_thresh``), in patient space, best first.
+
+    ``detector.detect_volume`` calls this for a RetinaNet card and makes the findings from it."""
     import torch
 
-    from .detector import DetectionResult
-    from .inference import pick_device, run_with_fallback
+    from .inference import run_with_fallback
 
-    started = time.monotonic()
-    progress = progress or Progress()
-    volume.require_finite("input volume")
-    device = pick_device(device)
-    notes: list[str] = []
-    threshold = card["detection"]["score_threshold"] if threshold is None else float(threshold)
-    progress.update(0.0, "Preparing")
     image = model_image(volume, card)
     shape = tuple(image.shape[1:])
     roi = card["roi_size"]
@@ -372,17 +360,13 @@ def detect_retinanet(
         finally:
             hook.remove()
 
-    output = run_with_fallback(run, device, batch or card.get("sw_batch_size", 1), notes)
-    names = {label.value - 1: label.name for label in card.labels}
-    boxes = to_patient_boxes(
+    output = run_with_fallback(run, device, card["sw_batch_size"], notes)
+    return to_patient_boxes(
         output["boxes"].float().cpu().numpy(),
         output["labels_scores"].float().cpu().numpy(),
         output["labels"].cpu().numpy(),
         image.affine.numpy(),
         shape,
-        names,
+        {label.value - 1: label.name for label in card.labels},
         volume.direction,
     )
-    findings = [box for box in boxes if box.score >= threshold]
-    progress.update(1.0, f"Found {len(findings)} lesion(s)")
-    return DetectionResult(findings, boxes, card, device, time.monotonic() - started, notes)
