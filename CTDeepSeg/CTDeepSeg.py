@@ -573,7 +573,7 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
 
         progress = progress or Progress()
         progress.update(0.0, "Loading model")
-        card, network = open_model(model)
+        card, network = open_model(model, task="segmentation")
         return segment_volume(volume, card, network, device, progress=progress, **options)
 
     def addSegmentation(self, result, volumeNode, name: str | None = None):
@@ -634,13 +634,11 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
 
         progress = progress or Progress()
         progress.update(0.0, "Loading detector")
-        card, network = open_model(model or "ctdeepseg-phantom-detector")
-        if card.get("task") != "detection":
-            raise CTDeepSegError(f"{card.name} is a {card.get('task')} model; choose a detection model.")
+        card, network = open_model(model or "ctdeepseg-phantom-detector", task="detection")
         result = detect_volume(volume, card, network, device, threshold, progress=progress.step(0.0, 0.6))
         lesions = None
         if segmentLesions and result.findings:
-            segmenterCard, segmenterNetwork = open_model(segmenter)
+            segmenterCard, segmenterNetwork = open_model(segmenter, task="segmentation")
             lesions = segment_findings(
                 volume, result.findings, segmenterCard, segmenterNetwork, device, progress=progress.step(0.6, 1.0)
             )

@@ -14,7 +14,9 @@ from CTDeepSegLib.cli import main
 from CTDeepSegLib.errors import CTDeepSegError
 from CTDeepSegLib.inference import segment_volume
 from CTDeepSegLib.model_store import load_model, open_model, read_card
+from CTDeepSegLib.phantom import make_phantom
 from CTDeepSegLib.volume import Volume
+from CTDeepSegLib.volume_io import write_volume
 
 
 def test_saved_model_loads_with_identical_weights(tmp_path):
@@ -165,3 +167,15 @@ def test_an_unknown_activation_is_refused(tmp_path):
     (tmp_path / "m" / "model.json").write_text(json.dumps({**card, "activation": "tanh"}))
     with pytest.raises(CTDeepSegError, match="activation 'tanh' is not one of softmax, sigmoid"):
         read_card(tmp_path / "m")
+
+
+def test_a_model_made_for_the_other_task_is_refused_with_a_message(tmp_path, capsys):
+    with pytest.raises(CTDeepSegError, match="ctdeepseg-phantom-detector is a detection model; choose a segmentation"):
+        open_model("ctdeepseg-phantom-detector", task="segmentation")
+    with pytest.raises(CTDeepSegError, match="is a segmentation model; choose a detection model"):
+        open_model(None, task="detection")
+    write_volume(make_phantom((16, 32, 32), (6.0, 6.0, 8.0)).image, tmp_path / "p.nii.gz")
+    arguments = ["segment", str(tmp_path / "p.nii.gz"), "-o", str(tmp_path / "s.nii.gz")]
+    assert main([*arguments, "--model", "ctdeepseg-phantom-detector"]) == 2
+    assert "choose a segmentation model" in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()

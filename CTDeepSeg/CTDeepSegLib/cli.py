@@ -195,7 +195,7 @@ def command_segment(arguments: argparse.Namespace) -> int:
     from .model_store import open_model
     from .volume_io import read_volume, write_probabilities, write_volume
 
-    card, network = open_model(arguments.model)
+    card, network = open_model(arguments.model, task="segmentation")
     progress = Progress(_print_progress)
 
     def segment_one(source: Path, target: Path, step: Progress) -> None:
@@ -237,9 +237,7 @@ def command_detect(arguments: argparse.Namespace) -> int:
     from .model_store import open_model
     from .volume_io import read_volume
 
-    card, network = open_model(arguments.model or "ctdeepseg-phantom-detector")
-    if card["task"] != "detection":
-        raise CTDeepSegError(f"{card.name}: is a {card['task']} model; choose a detection model (--model).")
+    card, network = open_model(arguments.model or "ctdeepseg-phantom-detector", task="detection")
 
     def detect_one(source: Path, target: Path, step: Progress) -> None:
         result = detect_volume(read_volume(source), card, network, arguments.device, arguments.threshold, progress=step)

@@ -61,7 +61,7 @@ def run_demo(output: Path, model: str | None = None, device: str = "auto", progr
         raise CTDeepSegError(f"{output}: already holds a demo; choose another folder or remove it.")
     output.mkdir(parents=True, exist_ok=True)
     progress.update(0.0, "Loading model")
-    card, network = open_model(model)
+    card, network = open_model(model, task="segmentation")
     colours = {label.value: label.colour for label in card.labels}
     names = {label.value: label.name for label in card.labels}
     phantom = make_phantom(shape=(128, 192, 192), spacing=(1.8, 1.8, 2.5), seed=2026, lung_lesions=3, liver_lesions=3)

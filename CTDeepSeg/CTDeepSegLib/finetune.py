@@ -184,7 +184,7 @@ def finetune(
     if checkpoint_path.is_file() and not resume:
         raise CTDeepSegError(f"{work}: an unfinished fine-tune is there; resume it (--resume) or remove the folder.")
 
-    card, network = open_model(model)
+    card, network = open_model(model, task="segmentation")
     names = {label.value: label.name for label in card.labels}
     if dataset_labels(Path(dataset)) != names:
         raise CTDeepSegError(

@@ -203,12 +203,18 @@ def card_of(folder: Path) -> ModelCard:
     return bundle_card(folder) if is_bundle(folder) else read_card(folder)
 
 
-def open_model(name_or_path: str | Path | None) -> tuple[ModelCard, Any]:
-    """Card and network, ready for inference, of a model folder, a bundle, or a model name on the search path."""
+def open_model(name_or_path: str | Path | None, task: str | None = None) -> tuple[ModelCard, Any]:
+    """Card and network, ready for inference, of a model folder, a bundle, or a model name on the search path.
+
+    ``task`` ("segmentation" or "detection"), when given, refuses a model made for the other one with a message
+    rather than letting the wrong network fail deep inside inference."""
     from .bundle import is_bundle, load_bundle
 
     folder = resolve_model(name_or_path)
-    return load_bundle(folder) if is_bundle(folder) else load_model(folder)
+    card, network = load_bundle(folder) if is_bundle(folder) else load_model(folder)
+    if task is not None and card["task"] != task:
+        raise CTDeepSegError(f"{card.name} is a {card['task']} model; choose a {task} model.")
+    return card, network
 
 
 def list_models() -> tuple[list[ModelCard], list[str]]:
