@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import tiny_model
+from model_fixtures import TINY_ARGS, tiny_model
 
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError
 from CTDeepSegLib.finetune import FinetuneRecipe, finetune, output_folder
@@ -112,6 +112,11 @@ def test_a_dataset_for_other_labels_or_too_small_is_refused(tmp_path):
     _small_dataset(tmp_path / "one", count=1)
     with pytest.raises(CTDeepSegError, match="holds 1 case"):
         finetune(tmp_path / "one", tmp_path / "tiny", tmp_path / "x", device="cpu")
+    sigmoid_args = {**TINY_ARGS, "out_channels": 4}  # one channel per label, no background channel
+    tiny_model(tmp_path / "sigmoid", activation="sigmoid", network={"class": "UNet", "args": sigmoid_args})
+    with pytest.raises(CTDeepSegError, match="has sigmoid outputs; fine-tuning trains softmax models"):
+        finetune(tmp_path / "one", tmp_path / "sigmoid", tmp_path / "x", device="cpu")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
 def test_torchrun_runs_the_same_command_data_parallel_on_two_cpu_processes(tmp_path):

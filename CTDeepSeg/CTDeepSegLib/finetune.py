@@ -130,6 +130,11 @@ def _last_validation(curve: list[dict]) -> str:
     )
 
 
+def _snapshot(network: Any) -> dict:
+    """A CPU copy of the weights, kept as the best so far while training goes on changing them."""
+    return {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size), starting the process group when launched by ``torchrun``."""
     import torch
@@ -185,10 +190,16 @@ def finetune(
         raise CTDeepSegError(f"{work}: an unfinished fine-tune is there; resume it (--resume) or remove the folder.")
 
     card, network = open_model(model, task="segmentation")
-    names = {label.value: label.name for label in card.labels}
-    if dataset_labels(Path(dataset)) != names:
+    if card.get("activation", "softmax") != "softmax":
         raise CTDeepSegError(
-            f"{dataset}: its labels {dataset_labels(Path(dataset))} differ from model {card.name}'s {names}; "
+            f"{card.name} has sigmoid outputs; fine-tuning trains softmax models (Dice + cross-entropy over a "
+            "background channel). Start from a softmax model."
+        )
+    names = {label.value: label.name for label in card.labels}
+    exported = dataset_labels(Path(dataset))
+    if exported != names:
+        raise CTDeepSegError(
+            f"{dataset}: its labels {exported} differ from model {card.name}'s {names}; "
             "fine-tune on a dataset exported for this model."
         )
     cases = dataset_cases(Path(dataset))
@@ -239,7 +250,7 @@ def finetune(
         before = _validate(network, validation, card, device)
         state["curve"] = [{"epoch": 0, "loss": None, "dice": before}]
         state["best_score"] = float(np.mean(list(before.values())))
-        state["best"] = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+        state["best"] = _snapshot(network)
         work.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint() -> None:
@@ -318,7 +329,7 @@ def finetune(
                 score = float(np.mean(list(dice.values())))
                 if score > state["best_score"]:
                     state["best_score"] = score
-                    state["best"] = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+                    state["best"] = _snapshot(network)
                 state["epoch"] = epoch
                 save_checkpoint()
             if world > 1:
