@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import CTDeepSegError
 from .jobs import Progress
 from .metrics import SUMMARY_FIELDS, compare_labels, summarise
@@ -94,17 +93,6 @@ def _missing_row(case: str, label: int, name: str) -> dict:
     return row
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _csv(rows: list[dict], columns: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -124,14 +112,14 @@ def write_results(
     if clashes and not overwrite:
         raise CTDeepSegError(f"{folder}: already holds {', '.join(clashes)}; choose another folder or --overwrite.")
     summary = summarise(rows)
-    _atomic_text(folder / "metrics.csv", _csv(rows, list(CASE_COLUMNS)))
-    _atomic_text(folder / "summary.csv", _csv(summary, list(summary[0]) if summary else ["label"]))
+    write_text_atomic(folder / "metrics.csv", _csv(rows, list(CASE_COLUMNS)))
+    write_text_atomic(folder / "summary.csv", _csv(summary, list(summary[0]) if summary else ["label"]))
     document = {"cases": rows, "summary": summary, "problems": problems}
-    _atomic_text(folder / "metrics.json", json.dumps(document, indent=2))
+    write_text_atomic(folder / "metrics.json", json.dumps(document, indent=2))
     if report:
         from .report import html_report
 
-        _atomic_text(folder / "report.html", html_report(rows, summary, problems))
+        write_text_atomic(folder / "report.html", html_report(rows, summary, problems))
     return [folder / name for name in names]
 
 

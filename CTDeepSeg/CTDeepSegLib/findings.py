@@ -9,10 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .boxes import Box
 from .errors import CTDeepSegError
 
@@ -25,17 +24,6 @@ CSV_COLUMNS = [
     "min_corner_lps_mm",
     "max_corner_lps_mm",
 ]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def findings_rows(findings: list[Box]) -> list[dict]:
@@ -77,8 +65,8 @@ def write_findings(path: Path | str, result, source: str, overwrite: bool = Fals
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(findings_rows(result.findings))
-    _atomic_write(table, buffer.getvalue())
-    _atomic_write(path, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(table, buffer.getvalue())
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

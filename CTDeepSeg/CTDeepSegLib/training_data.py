@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import CTDeepSegError
 from .volume import Volume
 from .volume_io import read_label, read_volume, write_volume
@@ -104,9 +104,13 @@ def dataset_hash(dataset: Path) -> str:
     return digest.hexdigest()
 
 
-def _case_of(entry: Mapping) -> str:
-    name = Path(entry["image"]).name
+def _stem(name: str) -> str:
+    """A file name without its extension, ``.nii.gz`` counting as one."""
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+
+
+def _case_of(entry: Mapping) -> str:
+    return _stem(Path(entry["image"]).name)
 
 
 def _provenance(dataset: Path, case: str) -> dict:
@@ -124,15 +128,7 @@ def _files(dataset: Path, case: str) -> list[Path]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def correction_changes(original: Volume, edited: Volume, names: Mapping[int, str]) -> dict[str, dict]:
@@ -298,8 +294,7 @@ def export_files(
     original = read_label(original_path) if original_path else None
     if names is None:
         names = dataset_labels(Path(dataset)) or {int(v): f"label {int(v)}" for v in np.unique(labels.array) if v != 0}
-    source = Path(image_path).name
-    source = source[: -len(".nii.gz")] if source.endswith(".nii.gz") else Path(source).stem
+    source = _stem(Path(image_path).name)
     return export_pair(
         dataset, image, labels, names, case=case, original=original, model=model, source=source, replace=replace
     )
