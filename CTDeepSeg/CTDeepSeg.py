@@ -594,14 +594,9 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelRecord(card) -> dict:
         """Name, version, weights SHA-256 and labels of a model: what a training pair's provenance records."""
-        from CTDeepSegLib.model_store import sha256_file
+        from CTDeepSegLib.model_store import model_record
 
-        return {
-            "name": card.name,
-            "version": card.get("version"),
-            "sha256": sha256_file(card.weights_path),
-            "labels": {str(label.value): label.name for label in card.labels},
-        }
+        return {**model_record(card), "labels": {str(label.value): label.name for label in card.labels}}
 
     def segment(self, volumeNode, model=None, device: str = "auto", progress: Progress | None = None, **options):
         """Segment a volume node; returns a new segmentation node ready to edit (blocking; see ``segmentVolume``)."""
@@ -611,11 +606,6 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         return self.addSegmentation(result, volumeNode)
 
     # ------------------------------------------------------------------ detection
-    @staticmethod
-    def availableDetectors() -> list:
-        """Cards of every detection model found."""
-        return [card for card in CTDeepSegLogic.availableModels() if card.get("task") == "detection"]
-
     @staticmethod
     def detectVolume(
         volume,

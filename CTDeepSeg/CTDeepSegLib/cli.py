@@ -321,14 +321,14 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 def command_export(arguments: argparse.Namespace) -> int:
     from .evaluation import parse_labels
-    from .model_store import open_model, sha256_file
+    from .model_store import model_record, open_model
     from .training_data import export_files
 
     names, model = parse_labels(arguments.labels) if arguments.labels else None, None
     if arguments.model:
         card, _ = open_model(arguments.model)
         names = {label.value: label.name for label in card.labels}
-        model = {"name": card.name, "version": card.get("version"), "sha256": sha256_file(card.weights_path)}
+        model = model_record(card)
     result = export_files(
         arguments.dataset,
         arguments.image,

@@ -172,7 +172,7 @@ def finetune(
     )
 
     from .inference import pick_device
-    from .model_store import open_model, save_model, sha256_file
+    from .model_store import model_record, open_model, save_model
 
     started = time.monotonic()
     recipe = recipe or FinetuneRecipe()
@@ -270,7 +270,7 @@ def finetune(
                 "Check its validation figures before use; not for clinical use."
             ),
             "provenance": {
-                "parent": {"name": card.name, "version": card.get("version"), "sha256": sha256_file(card.weights_path)},
+                "parent": model_record(card),
                 "parent_provenance": parent,
                 "dataset": {
                     "folder": str(Path(dataset).resolve()),

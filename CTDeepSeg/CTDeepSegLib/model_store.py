@@ -90,6 +90,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_record(card: ModelCard) -> dict:
+    """Name, version and weights SHA-256 of a loaded model: what provenance records (training pairs, lineage).
+
+    A model folder's card holds the SHA-256 its weights were checked against when loaded, so only a bundle's
+    weights (published with another hash, or none) are hashed here."""
+    sha256 = card["weights"].get("sha256") or sha256_file(card.weights_path)
+    return {"name": card.name, "version": card.get("version"), "sha256": sha256}
+
+
 def read_card(folder: Path) -> ModelCard:
     """Parse and check ``folder/model.json``; every problem names the file and the field."""
     path = Path(folder) / "model.json"
