@@ -262,6 +262,7 @@ def command_detect(arguments: argparse.Namespace) -> int:
 
 
 def command_froc(arguments: argparse.Namespace) -> int:
+    from .atomic import write_text_atomic
     from .evaluation import parse_labels
     from .findings import read_candidates
     from .froc import froc, truth_boxes
@@ -285,7 +286,7 @@ def command_froc(arguments: argparse.Namespace) -> int:
     print(f"CPM {result.cpm:.3f}; " + ", ".join(f"AP@IoU{t:g} {v:.3f}" for t, v in result.average_precision.items()))
     output = Path(arguments.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "froc.json").write_text(json.dumps({"rule": arguments.rule, **result.to_dict()}, indent=2))
+    write_text_atomic(output / "froc.json", json.dumps({"rule": arguments.rule, **result.to_dict()}, indent=2))
     froc_plot(result, output / "froc.png")
     print(f"Wrote {output / 'froc.json'} and {output / 'froc.png'}")
     return 0
