@@ -1,64 +1,128 @@
-"""First-use dependency handling: consent is asked, a refusal explains itself, nothing is installed silently."""
+"""First-use dependency handling: versions are checked, consent is asked, a refusal or a failed installation explains
+itself in one message, pip gets constraints that pin what Slicer owns, and nothing is installed silently."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from CTDeepSegLib.dependencies import REQUIREMENTS, Requirement, missing_requirements
+from CTDeepSegLib import dependencies
+from CTDeepSegLib.dependencies import REQUIREMENTS, constraints, pip_arguments, problem, unmet_requirements
 from CTDeepSegLib.errors import CTDeepSegError
+
+BY_NAME = {requirement.distribution: requirement for requirement in REQUIREMENTS}
+
+
+def _installed(monkeypatch, **versions):
+    """Pretend these distributions are installed at these versions (None: not installed); others as they are."""
+    real = dependencies.installed_version
+
+    def version(name):
+        return versions[name] if name in versions else real(name)
+
+    monkeypatch.setattr(dependencies, "installed_version", version)
 
 
 def test_everything_is_installed_in_the_test_environment():
-    assert missing_requirements() == []
-    assert {r.module for r in REQUIREMENTS} >= {"torch", "monai", "SimpleITK"}
+    assert unmet_requirements(include_optional=True) == []
+    assert {r.distribution for r in REQUIREMENTS} >= {"torch", "torchvision", "monai", "safetensors", "SimpleITK"}
+
+
+def test_versions_are_checked_not_just_presence(monkeypatch):
+    _installed(monkeypatch, monai="1.4.0", torch="2.7.1+cu118", safetensors=None)
+    assert problem(BY_NAME["monai"]) == "1.4.0 is installed; CTDeepSeg needs >=1.5.1,<1.7"
+    assert problem(BY_NAME["torch"]) is None, "a local build label (+cu118) is still torch 2.7.1"
+    assert problem(BY_NAME["safetensors"]) == "not installed"
+    assert [r.distribution for r in unmet_requirements()] == ["monai", "safetensors"]
+
+
+def test_optional_packages_never_block_an_action(monkeypatch):
+    _installed(monkeypatch, pykdtree=None, matplotlib=None)
+    assert unmet_requirements() == []
+    assert [r.distribution for r in unmet_requirements(include_optional=True)] == ["pykdtree", "matplotlib"]
+
+
+def test_pip_is_constrained_to_the_installed_torch_numpy_and_simpleitk(monkeypatch, tmp_path):
+    _installed(monkeypatch, torch="2.7.1+cu118", numpy="2.0.2", pillow=None)
+    pins = constraints().splitlines()
+    assert "torch==2.7.1+cu118" in pins and "numpy==2.0.2" in pins
+    assert any(pin.startswith("SimpleITK==") for pin in pins) and not any(pin.startswith("pillow") for pin in pins)
+    arguments = pip_arguments([BY_NAME["monai"], BY_NAME["torch"], BY_NAME["pykdtree"]], "c.txt")
+    assert arguments == ["--constraint", "c.txt", "monai>=1.5.1,<1.7", "pykdtree>=1.3"]
+
+
+def _logic_with(ctdeepseg_module, monkeypatch, unmet):
+    state = {"unmet": list(unmet)}
+    monkeypatch.setattr(ctdeepseg_module, "unmet_requirements", lambda include_optional=False: state["unmet"])
+    monkeypatch.setattr(
+        ctdeepseg_module, "problem", lambda r: "not installed" if r in state["unmet"] else None, raising=True
+    )
+    return ctdeepseg_module.CTDeepSegLogic(), state
 
 
 def test_declined_install_gives_a_clear_message_and_installs_nothing(ctdeepseg_module, monkeypatch):
     import slicer
 
-    logic = ctdeepseg_module.CTDeepSegLogic()
-    missing = [Requirement("monai", "monai>=1.4"), Requirement("torch", "torch>=2.1", "PyTorch extension")]
-    monkeypatch.setattr(ctdeepseg_module, "missing_requirements", lambda: missing)
+    logic, _ = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["monai"], BY_NAME["torch"]])
     installs = []
     monkeypatch.setattr(slicer.util, "pip_install", installs.append, raising=False)
     asked = []
     with pytest.raises(CTDeepSegError, match="cannot run without monai, torch. Nothing was installed"):
         logic.ensureDependencies(confirm=lambda message: asked.append(message) and False)
-    assert "monai, torch" in asked[0] and installs == []
+    assert "monai, torch" in asked[0] and "2-3 GB with GPU" in asked[0] and installs == []
     with pytest.raises(CTDeepSegError, match="Nothing was installed"):
         logic.ensureDependencies(confirm=None)
 
 
-def test_accepted_install_uses_pip_for_monai_and_the_pytorch_extension_for_torch(ctdeepseg_module, monkeypatch):
+def test_torch_needs_the_pytorch_extension_and_nothing_else_is_installed_without_it(ctdeepseg_module, monkeypatch):
     import slicer
 
-    logic = ctdeepseg_module.CTDeepSegLogic()
-    state = {"missing": [Requirement("monai", "monai>=1.4"), Requirement("torch", "torch>=2.1", "PyTorch extension")]}
-    monkeypatch.setattr(ctdeepseg_module, "missing_requirements", lambda: state["missing"])
+    logic, _ = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["monai"], BY_NAME["torch"]])
     installs = []
-
-    def pip_install(spec):
-        installs.append(spec)
-        state["missing"] = []
-
-    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", installs.append, raising=False)
     with pytest.raises(CTDeepSegError, match="needs the PyTorch extension"):
         logic.ensureDependencies(confirm=lambda message: True)
-    assert installs == [], "nothing may be pip-installed once torch cannot be had"
+    assert installs == []
 
 
-def test_accepted_install_of_pip_packages(ctdeepseg_module, monkeypatch):
+def test_accepted_install_runs_pip_with_the_constraints_file(ctdeepseg_module, monkeypatch):
     import slicer
 
-    logic = ctdeepseg_module.CTDeepSegLogic()
-    state = {"missing": [Requirement("monai", "monai>=1.4"), Requirement("safetensors", "safetensors>=0.4")]}
-    monkeypatch.setattr(ctdeepseg_module, "missing_requirements", lambda: state["missing"])
-    installs = []
+    logic, state = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["monai"], BY_NAME["safetensors"]])
+    calls = []
 
-    def pip_install(spec):
-        installs.append(spec)
-        state["missing"] = []
+    def pip_install(arguments):
+        calls.append((arguments, open(arguments[1]).read()))
+        state["unmet"] = []
 
     monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
     assert logic.ensureDependencies(confirm=lambda message: True) == ["monai", "safetensors"]
-    assert installs == ["monai>=1.4 safetensors>=0.4"]
+    ((arguments, pinned),) = calls
+    assert arguments[0] == "--constraint" and arguments[2:] == ["monai>=1.5.1,<1.7", "safetensors>=0.4"]
+    assert pinned == constraints()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install"]), OSError("Network is unreachable")],
+)
+def test_a_failed_install_is_one_clear_message(ctdeepseg_module, monkeypatch, failure):
+    import slicer
+
+    logic, _ = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["monai"]])
+
+    def pip_install(arguments):
+        raise failure
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    with pytest.raises(CTDeepSegError, match="^Installing monai failed \\(.+\\)\\. Check the network connection") as e:
+        logic.ensureDependencies(confirm=lambda message: True)
+    assert "\n" not in str(e.value)
+
+
+def test_too_old_a_torch_is_not_replaced_but_explained(ctdeepseg_module, monkeypatch):
+    logic, _ = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["torch"]])
+    monkeypatch.setattr(ctdeepseg_module, "problem", lambda r: "2.1.0 is installed; CTDeepSeg needs >=2.4.1")
+    with pytest.raises(CTDeepSegError, match="PyTorch is too old .*PyTorch Utils module, uninstall PyTorch"):
+        logic.ensureDependencies(confirm=lambda message: True)

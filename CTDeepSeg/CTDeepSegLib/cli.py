@@ -51,7 +51,7 @@ def command_info(_arguments: argparse.Namespace) -> int:
     print(f"CTDeepSeg {__version__}")
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     for requirement in REQUIREMENTS:
-        print(f"  {requirement.module:<12} {_package_version(requirement.module)}")
+        print(f"  {requirement.distribution:<12} {_package_version(requirement.distribution)}")
     print("Devices: " + ", ".join(_devices()))
     cards, problems = list_models()
     print("Models:" if cards else "Models: none found; searched " + ", ".join(map(str, model_search_paths())))
@@ -368,7 +368,10 @@ def command_finetune(arguments: argparse.Namespace) -> int:
     )
     if card is not None:
         before, after = card["validation"]["before"], card["validation"]["after"]
-        print(f"Wrote model {card.name} to {card.folder} (training curve: {card.folder / 'training_curve.png'})")
+        from .finetune import CURVE_FILE
+
+        curve = card.folder / CURVE_FILE
+        print(f"Wrote model {card.name} to {card.folder}" + (f" (training curve: {curve})" if curve.is_file() else ""))
         for name in before:
             print(f"  {name:<12} validation Dice {before[name]:.3f} -> {after.get(name, float('nan')):.3f}")
     return 0

@@ -14,3 +14,13 @@ class CTDeepSegError(Exception):
 
 class CancelledError(CTDeepSegError):
     """Raised inside long work when the user pressed Cancel; the work leaves no partial output behind."""
+
+
+class EngineError(CTDeepSegError):
+    """The engine's child process failed unexpectedly (a bug, or a crash such as a segmentation fault or the
+    system killing it for memory). ``detail`` holds its traceback or last output, for the log and the
+    error dialog's details."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail

@@ -12,7 +12,8 @@ before the first step, so the card can say honestly whether fine-tuning helped.
   ``torch.load(weights_only=True)``) after every epoch. Cancel writes the model from the best checkpoint so
   far and keeps the work folder; ``resume=True`` continues from it. The finished run removes it.
 * The model folder gets a card with lineage (parent model and its weights' SHA-256, dataset hash), the recipe,
-  validation Dice before and after, the curve (loss and Dice per epoch) and ``training_curve.png``.
+  validation Dice before and after, the curve (loss and Dice per epoch) and ``training_curve.png`` (when
+  matplotlib is installed).
 * ``torchrun --nproc_per_node N`` runs the same code data-parallel (DistributedDataParallel; gloo on CPUs,
   NCCL on GPUs): each process draws its own crops, gradients are averaged, process 0 validates and writes.
 """
@@ -20,6 +21,7 @@ before the first step, so the card can say honestly whether fine-tuning helped.
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import shutil
@@ -35,6 +37,8 @@ from .jobs import Progress
 from .model_paths import user_models_folder
 from .training_data import dataset_cases, dataset_hash, dataset_labels
 from .volume_io import read_label, read_volume
+
+CURVE_FILE = "training_curve.png"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,24 @@ def output_folder(name_or_path: str | Path) -> Path:
     if os.sep in text or "/" in text or text.startswith("."):
         return Path(text).expanduser()
     return user_models_folder() / text
+
+
+def _work_folder(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+def interrupted_run(name_or_path: str | Path) -> dict | None:
+    """The last saved state (``epoch``, ``epochs``) of an interrupted fine-tune into this model, or None."""
+    work = _work_folder(output_folder(name_or_path))
+    if not (work / "checkpoint.pt").is_file():
+        return None
+    state = work / "state.json"
+    return json.loads(state.read_text()) if state.is_file() else {"epoch": None, "epochs": None}
+
+
+def discard_interrupted_run(name_or_path: str | Path) -> None:
+    """Delete an interrupted fine-tune's checkpoint, so the next run starts afresh."""
+    shutil.rmtree(_work_folder(output_folder(name_or_path)), ignore_errors=True)
 
 
 def _prepare_case(image_path: Path, label_path: Path, card: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +115,13 @@ def _validate(network: Any, cases: list, card: Any, device: str) -> dict[str, fl
     return {name: round(float(np.mean(v)), 4) for name, v in totals.items() if v}
 
 
-def _curve_png(curve: list[dict], title: str) -> bytes:
-    import matplotlib
+def _curve_png(curve: list[dict], title: str) -> bytes | None:
+    """The training curve as a PNG, or None without matplotlib (optional: Slicer does not ship it; the card
+    holds the same numbers)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -178,7 +205,7 @@ def finetune(
     recipe = recipe or FinetuneRecipe()
     progress = progress or Progress()
     output = output_folder(output)
-    work = output.with_name(output.name + ".partial")
+    work = _work_folder(output)
     rank, world = _distributed()
     device = pick_device(device)
     if world > 1 and device.startswith("cuda"):
@@ -257,6 +284,7 @@ def finetune(
         temporary = checkpoint_path.with_suffix(".part")
         torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(), **state}, temporary)
         os.replace(temporary, checkpoint_path)
+        (work / "state.json").write_text(json.dumps({"epoch": state["epoch"], "epochs": recipe.epochs}))
 
     def write_model(stopped_early: bool) -> Any:
         curve = state["curve"]
@@ -300,7 +328,11 @@ def finetune(
         new_card.pop("weights", None)
         png = _curve_png(curve, f"Fine-tuning {card.name} -> {output.name}")
         return save_model(
-            output, new_card, state["best"], overwrite=output.exists(), extra_files={"training_curve.png": png}
+            output,
+            new_card,
+            state["best"],
+            overwrite=output.exists(),
+            extra_files={CURVE_FILE: png} if png is not None else {},
         )
 
     try:

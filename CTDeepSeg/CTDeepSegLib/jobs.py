@@ -1,10 +1,10 @@
-"""Progress, ETA and cancellation for long work, and a worker thread to run it off the GUI thread.
+"""Progress, ETA and cancellation for long work.
 
 Engine functions take an optional ``Progress`` and call ``progress.update(fraction, message)`` often (at least
 once a second of work). ``update`` raises ``CancelledError`` once cancel was requested, so cancelling needs no
-extra code in the engine beyond cleaning up in ``finally`` blocks. A ``Job`` runs such a function on a worker
-thread; the Slicer panel polls ``Job.latest`` from a timer, because Qt widgets must only be touched from the
-GUI thread. Scripts and tests call the function directly (blocking) with a ``Progress`` of their own.
+extra code in the engine beyond cleaning up in ``finally`` blocks. Scripts and tests call the function directly
+(blocking) with a ``Progress`` of their own; the Slicer panel runs it in a child process
+(``background.runner``), whose worker turns each update into a progress line and SIGTERM into cancel.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import CancelledError
 
@@ -73,51 +72,3 @@ class Progress:
         return Progress(
             self.callback, self.cancel_event, (low + (high - low) * start, low + (high - low) * end), self._started
         )
-
-
-class Job:
-    """Runs ``function(*args, progress=Progress, **kwargs)`` on a daemon worker thread."""
-
-    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._latest = ProgressInfo(0.0, "Starting", 0.0, None)
-        self._lock = threading.Lock()
-        self.progress = Progress(self._record)
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(function, args, kwargs), daemon=True)
-
-    def _record(self, info: ProgressInfo) -> None:
-        with self._lock:
-            self._latest = info
-
-    def _run(self, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-        try:
-            self._result = function(*args, progress=self.progress, **kwargs)
-            self._record(ProgressInfo(1.0, "Done", self._latest.elapsed_s, 0.0))
-        except BaseException as error:  # handed to the caller of result()
-            self._error = error
-
-    def start(self) -> "Job":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        self.progress.cancel()
-
-    @property
-    def latest(self) -> ProgressInfo:
-        with self._lock:
-            return self._latest
-
-    @property
-    def done(self) -> bool:
-        return self._thread.ident is not None and not self._thread.is_alive()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the work and return its result, or raise the error it raised."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError("The job is still running.")
-        if self._error is not None:
-            raise self._error
-        return self._result

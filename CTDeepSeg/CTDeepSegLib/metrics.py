@@ -105,10 +105,16 @@ def surface_points_mm(mask: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
 def nearest_distances(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """For each point, the Euclidean distance to the nearest target point (exact, in float64).
 
-    pykdtree (multi-threaded queries) is about 1.7x faster than SciPy's cKDTree on voxel surfaces.
+    pykdtree (multi-threaded queries) is about 1.7x faster than SciPy's cKDTree on voxel surfaces, so it is used
+    when installed; SciPy's tree (shipped with Slicer) gives the same distances without it.
     """
-    from pykdtree.kdtree import KDTree
+    try:
+        from pykdtree.kdtree import KDTree
+    except ImportError:
+        from scipy.spatial import cKDTree
 
+        distances, _ = cKDTree(targets, leafsize=32).query(points, k=1, workers=-1)
+        return distances
     distances, _ = KDTree(targets, leafsize=32).query(points, k=1)
     return distances
 

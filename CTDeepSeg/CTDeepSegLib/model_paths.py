@@ -1,20 +1,29 @@
 """Where CTDeepSeg looks for model folders (a folder holding a ``model.json`` card).
 
 In order: folders listed in ``$CTDEEPSEG_MODELS`` (separated by the OS path separator), the user's model
-folder (``$XDG_DATA_HOME/ctdeepseg/models``, default ``~/.local/share/ctdeepseg/models``, where fine-tuned
-models go), and the models shipped with the extension (``Resources/Models`` of the source tree or install).
+folder (where fine-tuned models go; the usual per-user data folder of each OS, see ``user_models_folder``),
+and the models shipped with the extension (``Resources/Models`` of the source tree or install).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
-def user_models_folder() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "ctdeepseg" / "models"
+def user_models_folder(platform: str = sys.platform, environ: Mapping[str, str] = os.environ) -> Path:
+    """The user's model folder: ``%LOCALAPPDATA%\\CTDeepSeg\\models`` on Windows,
+    ``~/Library/Application Support/CTDeepSeg/models`` on macOS, ``$XDG_DATA_HOME/ctdeepseg/models`` (default
+    ``~/.local/share/ctdeepseg/models``) elsewhere."""
+    if platform == "win32":
+        return Path(environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "CTDeepSeg" / "models"
+    if platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "CTDeepSeg" / "models"
+    return Path(environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ctdeepseg" / "models"
 
 
 def model_search_paths() -> list[Path]:

@@ -16,6 +16,7 @@ import numpy as np
 import slicer
 import vtk
 from slicer import util
+from vtk.util import numpy_support
 
 from .boxes import Box
 from .errors import CTDeepSegError
@@ -80,25 +81,44 @@ def volume_to_node(
     return node
 
 
-def _colour_table(
-    labels: Mapping[int, tuple[str, Sequence[float]]], scene: "slicer.vtkMRMLScene"
-) -> "slicer.vtkMRMLColorTableNode":
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName("__CTDeepSeg_colours__"))
-    table.SetTypeToUser()
-    table.SetHideFromEditors(True)
-    table.SetNumberOfColors(max(labels) + 1)
-    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    for value, (segment_name, colour) in labels.items():
-        table.SetColor(int(value), segment_name, *colour[:3], 1.0)
-    return table
-
-
 def _segments(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> list[tuple[str, "slicer.vtkSegment"]]:
     segmentation = segmentation_node.GetSegmentation()
     return [
         (segmentation.GetNthSegmentID(index), segmentation.GetNthSegment(index))
         for index in range(segmentation.GetNumberOfSegments())
     ]
+
+
+def _oriented_image(array: np.ndarray, ijk_to_ras: np.ndarray) -> "slicer.vtkOrientedImageData":
+    """A ``vtkOrientedImageData`` holding ``array`` (``[k, j, i]``) with the given IJK-to-RAS geometry."""
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, array.shape[2] - 1, 0, array.shape[1] - 1, 0, array.shape[0] - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR if array.dtype == np.uint8 else vtk.VTK_UNSIGNED_SHORT, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(array.shape)[:] = array
+    image.SetGeometryFromImageToWorldMatrix(_vtk_matrix(ijk_to_ras))
+    return image
+
+
+def _write_segments(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", labels: Volume, segment_of: Mapping[int, str]
+) -> None:
+    """Set each segment ``segment_of[value]`` to the voxels of ``labels`` equal to ``value``, in one shared labelmap.
+
+    Label values and names are set explicitly, never looked up in a colour table by name (Slicer 5.8 renames
+    colour-table entries it considers uninitialised), and no temporary node enters the scene."""
+    order = sorted(segment_of.items())
+    lookup = np.zeros(max(int(labels.array.max(initial=0)), *(value for value, _ in order)) + 1, dtype=np.uint16)
+    for number, (value, _) in enumerate(order, start=1):
+        lookup[value] = number
+    numbered = lookup[labels.array]
+    numbered = numbered.astype(np.uint8) if len(order) < 256 else numbered
+    segment_ids = vtk.vtkStringArray()
+    for _, segment_id in order:
+        segment_ids.InsertNextValue(segment_id)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        _oriented_image(numbered, labels.ijk_to_ras()), segmentation_node, segment_ids
+    ):
+        raise CTDeepSegError(f"Could not write the labels into segmentation '{segmentation_node.GetName()}'.")
 
 
 def labels_to_segmentation(
@@ -120,32 +140,31 @@ def labels_to_segmentation(
     unknown = sorted(values - set(names))
     if unknown:
         raise CTDeepSegError(f"Label values {unknown} have no names; the label map does not match the model.")
-    table = _colour_table(names, scene)
-    labelmap = volume_to_node(labels, scene.GenerateUniqueName("__CTDeepSeg_labels__"), label=True, scene=scene)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     try:
-        labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
         segmentation_node.CreateDefaultDisplayNodes()
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
-        if values and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-            labelmap, segmentation_node
-        ):
-            raise CTDeepSegError(f"Could not import the labels into segmentation '{name}'.")
-        by_name = {segment.GetName(): segment for _, segment in _segments(segmentation_node)}
         segmentation = segmentation_node.GetSegmentation()
+        segment_of = {}
         for value, (segment_name, colour) in sorted(names.items()):
-            segment = by_name.get(segment_name)
-            if segment is None:
-                segment_id = segmentation.AddEmptySegment("", segment_name, list(colour[:3]))
-                segment = segmentation.GetSegment(segment_id)
-            segment.SetTag(LABEL_TAG, str(int(value)))
+            segment_id = segmentation.AddEmptySegment("", segment_name, list(colour[:3]))
+            segmentation.GetSegment(segment_id).SetTag(LABEL_TAG, str(int(value)))
+            segment_of[int(value)] = segment_id
+        _write_segments(segmentation_node, labels, segment_of)
     except Exception:
-        scene.RemoveNode(segmentation_node)
+        _remove_with_display(segmentation_node)
         raise
-    finally:
-        scene.RemoveNode(labelmap)
-        scene.RemoveNode(table)
     return segmentation_node
+
+
+def _remove_with_display(node: "slicer.vtkMRMLNode") -> None:
+    """Remove a node and its display nodes (``RemoveNode`` alone leaves them in the scene)."""
+    scene = node.GetScene()
+    for index in range(node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode") else 0):
+        display = node.GetNthDisplayNode(index)
+        if display is not None:
+            scene.RemoveNode(display)
+    scene.RemoveNode(node)
 
 
 def segment_label_values(
@@ -177,45 +196,38 @@ def segmentation_to_labels(
 
     Label values come from :func:`segment_label_values`; where segments overlap, the later segment wins.
     """
-    scene = segmentation_node.GetScene()
     reference_node = reference_node or reference_volume_node(segmentation_node)
     if reference_node is None:
         raise CTDeepSegError(
             f"Segmentation '{segmentation_node.GetName()}' has no reference volume; choose the volume it belongs to."
         )
     label_of = segment_label_values(segmentation_node, values, use_tags)
-    names = {
-        label_of[segment_id]: (segment.GetName(), segment.GetColor())
-        for segment_id, segment in _segments(segmentation_node)
-    }
-    if len(names) != len(label_of):
+    if len(set(label_of.values())) != len(label_of):
         raise CTDeepSegError(
             f"Two segments of '{segmentation_node.GetName()}' share a label value; give each its own value."
         )
     reference = volume_from_node(reference_node)
     if not label_of:
         return reference.with_array(np.zeros(reference.shape, dtype=np.uint8))
-    table = _colour_table(names, scene)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("__CTDeepSeg_export__"))
-    try:
-        segment_ids = vtk.vtkStringArray()
-        for segment_id in label_of:
-            segment_ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node,
-            segment_ids,
-            labelmap,
-            reference_node,
-            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
-            table,
-        ):
-            raise CTDeepSegError(f"Could not export segmentation '{segmentation_node.GetName()}' to labels.")
-        array = util.arrayFromVolume(labelmap)
-        dtype = np.uint8 if max(label_of.values()) < 256 else np.uint16
-        return reference.with_array(array.astype(dtype))
-    finally:
-        scene.RemoveNode(labelmap)
-        scene.RemoveNode(table)
+    segment_ids, label_values = vtk.vtkStringArray(), vtk.vtkIntArray()
+    for segment_id, value in label_of.items():
+        segment_ids.InsertNextValue(segment_id)
+        label_values.InsertNextValue(value)
+    merged = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
+        segmentation_node,
+        reference_node,
+        segment_ids,
+        slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+        merged,
+        label_values,
+    )
+    dimensions = merged.GetDimensions()
+    if merged.GetPointData().GetScalars() is None or tuple(dimensions[::-1]) != reference.shape:
+        raise CTDeepSegError(f"Could not export segmentation '{segmentation_node.GetName()}' to labels.")
+    array = numpy_support.vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(reference.shape)
+    dtype = np.uint8 if max(label_of.values()) < 256 else np.uint16
+    return reference.with_array(array.astype(dtype))
 
 
 def reference_volume_node(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> "slicer.vtkMRMLVolumeNode | None":
@@ -227,12 +239,9 @@ def update_segments_from_labels(
     segmentation_node: "slicer.vtkMRMLSegmentationNode",
     labels: Volume,
     label_of: Mapping[str, int],
-    reference_node: "slicer.vtkMRMLVolumeNode",
 ) -> None:
     """Replace each segment's voxels by ``labels == label_of[segment ID]``, keeping names, colours and tags."""
-    for segment_id, value in label_of.items():
-        mask = (labels.array == value).astype(np.uint8)
-        util.updateSegmentBinaryLabelmapFromArray(mask, segmentation_node, segment_id, reference_node)
+    _write_segments(segmentation_node, labels, {value: segment_id for segment_id, value in label_of.items()})
 
 
 def copy_segmentation(
@@ -248,21 +257,24 @@ def copy_segmentation(
     return copy
 
 
-def terminology_entry(snomed: Mapping) -> str:
-    """Slicer's terminology tag for a segment from SNOMED-CT category and type codes (scheme, value, meaning)."""
+def terminology_entry(snomed: Mapping, context: str) -> str:
+    """Slicer's terminology tag for a segment from SNOMED-CT category and type codes (scheme, value, meaning)
+    in the terminology context ``context`` (which must hold those codes for Slicer to show them as known)."""
     category, kind = snomed["category"], snomed["type"]
     return (
-        f"Segmentation category and type - 3D Slicer General Anatomy list~{category[0]}^{category[1]}^{category[2]}"
-        f"~{kind[0]}^{kind[1]}^{kind[2]}~^^~Anatomic codes - DICOM master list~^^~^^"
+        f"{context}~{category[0]}^{category[1]}^{category[2]}~{kind[0]}^{kind[1]}^{kind[2]}~^^"
+        "~Anatomic codes - DICOM master list~^^~^^"
     )
 
 
-def set_terminology(segmentation_node: "slicer.vtkMRMLSegmentationNode", snomed_by_name: Mapping[str, Mapping]) -> None:
+def set_terminology(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", snomed_by_name: Mapping[str, Mapping], context: str
+) -> None:
     """Tag each segment whose name has SNOMED-CT codes, so Slicer shows and exports its standard meaning."""
     for _, segment in _segments(segmentation_node):
         codes = snomed_by_name.get(segment.GetName())
         if codes:
-            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_entry(codes))
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), terminology_entry(codes, context))
 
 
 def place_beside(node: "slicer.vtkMRMLNode", reference: "slicer.vtkMRMLNode") -> None:
@@ -335,27 +347,38 @@ ORIGINAL_ROLE = "CTDeepSegOriginal"
 MODEL_ATTRIBUTE = "CTDeepSeg.Model"
 
 
-def keep_original_prediction(segmentation_node: "slicer.vtkMRMLSegmentationNode", model: Mapping) -> None:
-    """Keep a hidden copy of a model's prediction, and the model's record, with the segmentation node.
+def keep_original_prediction(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", labels: Volume, model: Mapping
+) -> "slicer.vtkMRMLTextNode":
+    """Keep a model's prediction (``labels``, the model's label values) and the model's record with the node.
 
     Why: the clinician edits the segmentation in place; exporting it as training data later should still know
-    what the model said (and which model said it), which is what makes a correction measurable.
+    what the model said (and which model said it), which is what makes a correction measurable. It is kept
+    as compressed text in a text node beside the segmentation (``label_archive``): a few percent of the
+    segmentation's memory, and an ordinary node that Slicer's Save dialog saves and a scene reload restores.
     """
     import json
 
-    original = copy_segmentation(segmentation_node, f"{segmentation_node.GetName()} (model original)")
-    original.SetHideFromEditors(True)
-    original.GetDisplayNode().SetVisibility(False)
-    original.SetAttribute(MODEL_ATTRIBUTE, json.dumps(dict(model)))
+    from .label_archive import pack_labels
+
+    scene = segmentation_node.GetScene()
+    text_node = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{segmentation_node.GetName()} (model original)")
+    text_node.SetText(pack_labels(labels))
+    text_node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(dict(model)))
     segmentation_node.SetAttribute(MODEL_ATTRIBUTE, json.dumps(dict(model)))
-    segmentation_node.SetNodeReferenceID(ORIGINAL_ROLE, original.GetID())
+    segmentation_node.SetNodeReferenceID(ORIGINAL_ROLE, text_node.GetID())
+    place_beside(text_node, segmentation_node)
+    return text_node
 
 
-def original_prediction(
-    segmentation_node: "slicer.vtkMRMLSegmentationNode",
-) -> tuple["slicer.vtkMRMLSegmentationNode | None", dict | None]:
-    """The hidden copy of the model's prediction and the model's record, if the segmentation came from a model."""
+def original_prediction(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> tuple[Volume | None, dict | None]:
+    """The model's original prediction (labels with the model's values) and the model's record, when the
+    segmentation came from a model; (None, None) otherwise."""
     import json
 
+    from .label_archive import unpack_labels
+
     record = segmentation_node.GetAttribute(MODEL_ATTRIBUTE)
-    return segmentation_node.GetNodeReference(ORIGINAL_ROLE), json.loads(record) if record else None
+    text_node = segmentation_node.GetNodeReference(ORIGINAL_ROLE)
+    labels = unpack_labels(text_node.GetText()) if text_node is not None and text_node.GetText() else None
+    return labels, json.loads(record) if record else None

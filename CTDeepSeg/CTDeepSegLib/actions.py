@@ -1,0 +1,139 @@
+"""The engine's long-running operations, one function each, callable in this process or in a child process.
+
+Why one place: the Slicer module runs these in a child Python process (``background.runner``), because
+Slicer's main thread holds the GIL and a worker thread there barely runs; the Python console, the self-test
+and scripts call the same functions directly and block. Every function takes engine values (``Volume``,
+lists, dictionaries, paths) and a ``progress`` keyword, returns engine values, and never touches MRML, so
+its inputs and outputs can travel as files (``background.transfer``). ``ACTIONS`` is the allow-list a child
+process may run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .jobs import Progress
+from .volume import Volume
+
+
+def make_phantom(seed: int = 0, modality: str = "CT", progress: Progress | None = None, **options: Any):
+    """A synthetic phantom (``phantom.Phantom``: image, labels, lesions); see ``phantom.make_phantom``."""
+    from .phantom import make_phantom as make
+
+    progress = progress or Progress()
+    progress.update(0.0, "Creating phantom")
+    phantom = make(seed=seed, modality=modality, **options)
+    progress.update(1.0, "Phantom created")
+    return phantom
+
+
+def segment(
+    volume: Volume, model: str | Path | None = None, device: str = "auto", progress: Progress | None = None, **options
+):
+    """Segment ``volume`` with a model name, model or bundle folder, or (None) the shipped CT model.
+
+    Returns an ``inference.SegmentationResult`` on the volume's grid."""
+    from .inference import segment_volume
+    from .model_store import open_model
+
+    progress = progress or Progress()
+    progress.update(0.0, "Loading model")
+    card, network = open_model(model, task="segmentation")
+    return segment_volume(volume, card, network, device, progress=progress, **options)
+
+
+def detect(
+    volume: Volume,
+    model: str | Path | None = None,
+    device: str = "auto",
+    threshold: float | None = None,
+    segment_lesions: bool = False,
+    segmenter: str | Path | None = None,
+    progress: Progress | None = None,
+):
+    """Find lesions: a ``detector.DetectionResult`` and, with ``segment_lesions``, a label volume where finding
+    n is value n (the segmenter run inside each box), else None."""
+    from .detect_segment import segment_findings
+    from .detector import detect_volume
+    from .model_store import open_model
+
+    progress = progress or Progress()
+    progress.update(0.0, "Loading detector")
+    card, network = open_model(model or "ctdeepseg-phantom-detector", task="detection")
+    result = detect_volume(volume, card, network, device, threshold, progress=progress.step(0.0, 0.6))
+    lesions = None
+    if segment_lesions and result.findings:
+        segmenter_card, segmenter_network = open_model(segmenter, task="segmentation")
+        lesions = segment_findings(
+            volume, result.findings, segmenter_card, segmenter_network, device, progress=progress.step(0.6, 1.0)
+        )
+    return result, lesions
+
+
+def compare(
+    prediction: Volume, reference: Volume, names: Mapping[int, str], progress: Progress | None = None
+) -> list[dict]:
+    """Figures per label (Dice, Hausdorff, HD95, surface distances, volumes) as table rows; see ``metrics``."""
+    from .metrics import compare_labels
+
+    progress = progress or Progress()
+    progress.update(0.0, "Measuring")
+    rows = [metrics.as_row() for metrics in compare_labels(prediction, reference, names)]
+    progress.update(1.0, "Measured")
+    return rows
+
+
+def postprocess(labels: Volume, steps: list[dict], progress: Progress | None = None):
+    """Clean a label volume: (cleaned labels, the change each step made per label); see ``postprocess``."""
+    from .postprocess import postprocess as clean
+
+    return clean(labels, steps, progress=progress)
+
+
+def export_pair(
+    dataset: str | Path,
+    image: Volume,
+    labels: Volume,
+    names: Mapping[int, str],
+    case: str | None = None,
+    original: Volume | None = None,
+    model: Mapping | None = None,
+    source: str = "",
+    replace: bool = False,
+    progress: Progress | None = None,
+):
+    """Add an image and its corrected labels to a training dataset; returns a ``training_data.ExportResult``."""
+    from .training_data import export_pair as export
+
+    progress = progress or Progress()
+    progress.update(0.0, "Exporting")
+    result = export(
+        dataset, image, labels, names, case=case, original=original, model=model, source=source, replace=replace
+    )
+    progress.update(1.0, "Exported")
+    return result
+
+
+def finetune(
+    dataset: str | Path,
+    model: str | Path | None = None,
+    name: str = "finetuned",
+    epochs: int = 10,
+    device: str = "auto",
+    resume: bool = False,
+    progress: Progress | None = None,
+    **recipe: Any,
+):
+    """Fine-tune ``model`` on an exported dataset into model ``name`` (user model folder); returns its card."""
+    from .finetune import FinetuneRecipe
+    from .finetune import finetune as train
+
+    return train(dataset, model, name, FinetuneRecipe(epochs=epochs, **recipe), device, resume, progress)
+
+
+ACTIONS = {
+    function.__name__: function
+    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, finetune)
+}
