@@ -2,7 +2,8 @@
 
 Command line (used by the Makefile to build the bundled-only environment):
 
-    python Testing/slicer_api_index.py requirements 5.10.0   # name==version of every package Slicer bundles
+    python Testing/slicer_api_index.py tools 5.10.0          # pip, setuptools and wheel as Slicer bundles them
+    python Testing/slicer_api_index.py requirements 5.10.0   # name==version of every other package it bundles
     python Testing/slicer_api_index.py python 5.10.0         # the Python it embeds, as X.Y
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 INDEX = Path(__file__).resolve().parent / "slicer_api"
 SUPPORTED = ("5.8.1", "5.10.0")
-# Installed separately (pip first, to have the bundled pip resolve the rest), or the Slicer build of a project.
-_NOT_FROM_REQUIREMENTS = {"pip", "setuptools", "wheel"}
+# Installed first, so that the bundled pip resolves the rest.
+TOOLS = ("pip", "setuptools", "wheel")
 
 
 @functools.cache
@@ -35,9 +36,7 @@ def bundled_versions(version: str) -> dict[str, str]:
 
 def bundled_requirements(version: str) -> list[str]:
     return [
-        f"{name}=={number}"
-        for name, number in sorted(bundled_versions(version).items())
-        if name.lower() not in _NOT_FROM_REQUIREMENTS
+        f"{name}=={number}" for name, number in sorted(bundled_versions(version).items()) if name.lower() not in TOOLS
     ]
 
 
@@ -51,7 +50,7 @@ if __name__ == "__main__":
         print("\n".join(bundled_requirements(release)))
     elif what == "python":
         print(python_version(release))
-    elif what == "pip":
-        print(f"pip=={bundled_versions(release)['pip']}")
+    elif what == "tools":
+        print(" ".join(f"{name}=={bundled_versions(release)[name]}" for name in TOOLS))
     else:
-        sys.exit(f"unknown request {what!r}: requirements, python or pip")
+        sys.exit(f"unknown request {what!r}: tools, requirements or python")

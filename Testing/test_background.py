@@ -19,10 +19,12 @@ from CTDeepSegLib.detector import DetectionResult
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError, EngineError
 from CTDeepSegLib.model_store import read_card
 from CTDeepSegLib.phantom import make_phantom
+from markers import needs_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CT = ROOT / "Resources" / "Models" / "ctdeepseg-phantom-ct"
 SMALL = {"seed": 3, "shape": (24, 40, 40), "spacing": (6, 6, 8)}
+# Segmentation reports progress often, so the tests of crashes and Cancel use it (and need PyTorch).
 
 
 def _segmentation_phantom():
@@ -99,6 +101,7 @@ def _wait_for(job, predicate, timeout=120.0):
         time.sleep(0.05)
 
 
+@needs_torch
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
     ("signal_number", "message"),
@@ -119,6 +122,7 @@ def test_a_crashed_child_is_reported_and_leaves_nothing(signal_number, message):
     assert not folder.exists()
 
 
+@needs_torch
 def test_cancel_stops_the_child_promptly_and_leaves_nothing():
     job = EngineProcess("segment", _segmentation_phantom(), device="cpu").start()
     folder = job.folder
@@ -131,6 +135,7 @@ def test_cancel_stops_the_child_promptly_and_leaves_nothing():
     assert not folder.exists()
 
 
+@needs_torch
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_child_that_does_not_stop_is_killed_after_the_grace_period():
     job = EngineProcess("segment", _segmentation_phantom(), device="cpu", grace_s=0.5).start()

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from model_fixtures import tiny_model
 
 from CTDeepSegLib import __version__
 from CTDeepSegLib.cli import main
 from CTDeepSegLib.phantom import make_phantom
 from CTDeepSegLib.volume_io import read_label, read_volume
+from model_fixtures import tiny_model
 
 
 def test_version_from_the_installed_console_script():

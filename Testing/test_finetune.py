@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import TINY_ARGS, tiny_model
 
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError
 from CTDeepSegLib.finetune import FinetuneRecipe, finetune, output_folder
@@ -21,6 +20,7 @@ from CTDeepSegLib.metrics import compare_labels
 from CTDeepSegLib.model_store import list_models, open_model
 from CTDeepSegLib.phantom import LABELS, make_phantom
 from CTDeepSegLib.training_data import export_pair
+from model_fixtures import TINY_ARGS, tiny_model
 
 
 def _portal_phase(seed: int, shape=(96, 144, 144)):

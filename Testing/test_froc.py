@@ -13,6 +13,7 @@ from CTDeepSegLib.froc import froc, iou_3d, truth_boxes
 from CTDeepSegLib.inference import model_grid
 from CTDeepSegLib.model_store import ModelCard
 from CTDeepSegLib.volume import Volume
+from markers import needs_torch
 
 
 def _box(x, y, z, size=10.0, score=1.0):
@@ -96,6 +97,7 @@ def test_linking_bridges_one_missed_slice_and_suppression_drops_duplicates():
     assert len(suppress([first, duplicate])) == 1
 
 
+@needs_torch
 def test_model_grid_boxes_map_back_to_an_oblique_anisotropic_input(oblique_volume):
     angle = np.deg2rad(20.0)
     direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])

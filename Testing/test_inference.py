@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from model_fixtures import tiny_model
 
 from CTDeepSegLib.cli import main
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError
@@ -27,6 +26,7 @@ from CTDeepSegLib.jobs import Progress
 from CTDeepSegLib.model_store import load_model
 from CTDeepSegLib.phantom import make_phantom
 from CTDeepSegLib.volume_io import write_volume
+from model_fixtures import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _codes():
     letters = [("L", "R"), ("P", "A"), ("S", "I")]
     for order in itertools.permutations(range(3)):
         for signs in itertools.product((0, 1), repeat=3):
-            yield "".join(letters[d][s] for d, s in zip(order, signs, strict=True))
+            yield "".join(letters[d][s] for d, s in zip(order, signs))
 
 
 @pytest.mark.parametrize("target", ["LPS", "RAS", "PIR"])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import slicer
-from model_fixtures import tiny_model
 
 from CTDeepSegLib.phantom import LABELS
+from model_fixtures import tiny_model
 
 
 def test_segment_creates_an_edit_ready_segmentation_in_the_input_study(scene, ctdeepseg_module, tmp_path):

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from model_fixtures import tiny_model
 
 from CTDeepSegLib.errors import CTDeepSegError
 from CTDeepSegLib.phantom import LABELS
 from CTDeepSegLib.training_data import dataset_cases
 from CTDeepSegLib.volume_io import read_label
+from model_fixtures import tiny_model
 
 
 def test_a_corrected_model_segmentation_exports_with_its_original_and_model_record(scene, ctdeepseg_module, tmp_path):

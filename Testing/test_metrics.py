@@ -18,7 +18,7 @@ from CTDeepSegLib.volume import Volume
 
 def _sphere(shape, centre, radius_mm, spacing_kji):
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing_kji, strict=True)) <= radius_mm**2
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing_kji)) <= radius_mm**2
 
 
 def test_identical_masks():

@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from model_fixtures import spleen_bundle, tiny_model
 
 from CTDeepSegLib.cli import main
 from CTDeepSegLib.errors import CTDeepSegError
@@ -17,6 +16,7 @@ from CTDeepSegLib.model_store import load_model, open_model, read_card
 from CTDeepSegLib.phantom import make_phantom
 from CTDeepSegLib.volume import Volume
 from CTDeepSegLib.volume_io import write_volume
+from model_fixtures import spleen_bundle, tiny_model
 
 
 def test_saved_model_loads_with_identical_weights(tmp_path):
@@ -24,8 +24,9 @@ def test_saved_model_loads_with_identical_weights(tmp_path):
     assert json.loads((tmp_path / "m" / "model.json").read_text())["weights"]["sha256"] == card["weights"]["sha256"]
     _, network = load_model(tmp_path / "m")
     torch.manual_seed(0)
-    from model_fixtures import TINY_ARGS
     from monai.networks.nets import UNet
+
+    from model_fixtures import TINY_ARGS
 
     reference = UNet(**TINY_ARGS).state_dict()
     assert all(torch.equal(reference[key], value) for key, value in network.state_dict().items())

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from model_fixtures import lung_nodule_bundle
 
 from CTDeepSegLib.cli import main
 from CTDeepSegLib.detector import detect_volume
@@ -17,6 +16,7 @@ from CTDeepSegLib.model_store import open_model
 from CTDeepSegLib.phantom import make_phantom
 from CTDeepSegLib.retinanet_bundle import to_patient_boxes
 from CTDeepSegLib.volume_io import write_volume
+from model_fixtures import lung_nodule_bundle
 
 
 def _flipped_phantom():
@@ -176,7 +176,7 @@ def test_logic_detect_with_a_retinanet_bundle_gives_rois_at_the_boxes(tmp_path, 
     expected = detect_volume(logic.volumeFromNode(volumeNode), card, network, "cpu", threshold=0.7).findings
     rois, table, _ = logic.detect(volumeNode, model=str(bundle), device="cpu", threshold=0.7)
     assert len(rois) == table.GetNumberOfRows() == len(expected) > 0
-    for roi, box in zip(rois, expected, strict=True):
+    for roi, box in zip(rois, expected):
         found = logic.roiNodeToBox(roi)
         np.testing.assert_allclose(found.centre, box.centre, atol=1e-3)
         np.testing.assert_allclose(found.size, box.size, atol=1e-3)

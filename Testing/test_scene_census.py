@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from model_fixtures import tiny_model
 
 from CTDeepSegLib import actions
 from CTDeepSegLib.phantom import LABEL_COLOURS, LABELS
+from model_fixtures import tiny_model
 
 SMALL = {"shape": (24, 40, 40), "spacing": (6, 6, 8)}
 SUPPORT = ("vtkMRMLDisplayNode", "vtkMRMLStorageNode", "vtkMRMLSubjectHierarchyNode")

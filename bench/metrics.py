@@ -30,7 +30,7 @@ SPACING_KJI = np.array([1.0, 0.8, 0.8])
 
 def sphere(centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     grids = np.ogrid[tuple(slice(0, n) for n in SHAPE)]
-    return sum(((g * s - c) ** 2) for g, s, c in zip(grids, SPACING_KJI, centre_mm, strict=True)) <= radius_mm**2
+    return sum(((g * s - c) ** 2) for g, s, c in zip(grids, SPACING_KJI, centre_mm)) <= radius_mm**2
 
 
 def best_time(function, repeats: int) -> tuple[float, object]:

@@ -33,7 +33,7 @@ def overlay_png(image: Volume, labels: Volume, colours: dict[int, tuple], path: 
         ("coronal", grey[::-1, centre[1]], labels.array[::-1, centre[1]], image.spacing[2] / image.spacing[0]),
         ("sagittal", grey[::-1, :, centre[2]], labels.array[::-1, :, centre[2]], image.spacing[2] / image.spacing[1]),
     ]
-    for axis, (name, slice_grey, slice_labels, aspect) in zip(axes, views, strict=True):
+    for axis, (name, slice_grey, slice_labels, aspect) in zip(axes, views):
         rgb = np.repeat(slice_grey[..., None], 3, axis=-1)
         for value, colour in colours.items():
             mask = slice_labels == value

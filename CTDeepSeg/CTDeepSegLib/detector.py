@@ -138,7 +138,7 @@ def link_slices(per_slice: list[tuple[np.ndarray, np.ndarray]], link_iou: float 
         for chain in open_chains:
             (still_open if k - chain["slices"][-1] <= 2 else finished).append(chain)
         open_chains = still_open
-        for box, score in sorted(zip(boxes, scores, strict=True), key=lambda item: -item[1]):
+        for box, score in sorted(zip(boxes, scores), key=lambda item: -item[1]):
             best, best_iou = None, -1.0
             for chain in open_chains:
                 if chain["slices"][-1] in (k - 1, k - 2):
@@ -192,7 +192,7 @@ def _to_input_box(volume: Volume, grid: Any, candidate: dict, label: str) -> Box
     lower_t = candidate["lower"] * oriented_ijk / size_ijk
     upper_t = candidate["upper"] * oriented_ijk / size_ijk
     lower, upper = np.zeros(3), np.zeros(3)
-    for axis, (source, flip) in enumerate(zip(grid.order, grid.flips, strict=True)):
+    for axis, (source, flip) in enumerate(zip(grid.order, grid.flips)):
         low, high = lower_t[axis], upper_t[axis]
         if flip:
             low, high = oriented_ijk[axis] - high, oriented_ijk[axis] - low

@@ -133,4 +133,4 @@ def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
 
     table = [list(columns)] + [[cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths, strict=True)) for line in table)
+    return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in table)

@@ -126,7 +126,7 @@ def model_grid(volume: Volume, card: Any, crop_to_body: bool = True) -> ModelGri
     shape = tuple(volume.array[box].shape[::-1][axis] for axis in order)[::-1]
     spacing_ijk = volume.spacing[order]
     target = np.asarray(card["spacing"], dtype=np.float64)
-    size_kji = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_ijk[::-1], target[::-1], strict=True))
+    size_kji = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_ijk[::-1], target[::-1]))
     return ModelGrid(box, order, flips, shape, size_kji)
 
 
@@ -148,9 +148,7 @@ def body_box(volume: Volume, modality: str, margin: int = 3) -> tuple[slice, ...
     box = bounding_box(mask)
     if box is None:
         return tuple(slice(0, n) for n in array.shape)
-    return tuple(
-        slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, array.shape, strict=True)
-    )
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, array.shape))
 
 
 def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
@@ -175,7 +173,7 @@ def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
 def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
     """How many windows MONAI's sliding-window inference visits (for progress reporting)."""
     total = 1
-    for size, window in zip(shape, roi, strict=True):
+    for size, window in zip(shape, roi):
         step = max(int(window * (1 - overlap)), 1)
         total *= 1 if size <= window else math.ceil((size - window) / step) + 1
     return total

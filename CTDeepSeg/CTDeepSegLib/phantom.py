@@ -52,7 +52,7 @@ class Phantom:
 
 def _ellipsoid(grid: Sequence[np.ndarray], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
     total = np.zeros(np.broadcast_shapes(*(g.shape for g in grid)), dtype=np.float32)
-    for axis, c, r in zip(grid, centre, radii, strict=True):
+    for axis, c, r in zip(grid, centre, radii):
         total += ((axis - np.float32(c)) / np.float32(r)) ** 2
     return total <= 1.0
 
@@ -175,10 +175,8 @@ def make_phantom(
             half = np.ceil(radius / spacing).astype(int) + 1
             low = np.maximum(np.floor(centre_ijk).astype(int) - half, 0)
             high = np.minimum(np.ceil(centre_ijk).astype(int) + half + 1, size_ijk)
-            region = tuple(slice(lo, hi) for lo, hi in zip(low[::-1], high[::-1], strict=True))
-            ii, jj, kk = (
-                (np.arange(lo, hi) - c) * s for lo, hi, c, s in zip(low, high, centre_ijk, spacing, strict=True)
-            )
+            region = tuple(slice(lo, hi) for lo, hi in zip(low[::-1], high[::-1]))
+            ii, jj, kk = ((np.arange(lo, hi) - c) * s for lo, hi, c, s in zip(low, high, centre_ijk, spacing))
             sphere = (ii[None, None, :] ** 2 + jj[None, :, None] ** 2 + kk[:, None, None] ** 2) <= radius**2
             labels[region][sphere] = 4
             image[region][sphere] = value

@@ -100,7 +100,7 @@ def ellipsoid(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """A boolean ellipsoid structuring element (array axes k, j, i) of ``radius_mm`` for ``spacing`` (i, j, k)."""
     half = np.floor(radius_mm / np.asarray(spacing)[::-1]).astype(int)
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, np.asarray(spacing)[::-1], strict=True)) <= 1.0
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, np.asarray(spacing)[::-1])) <= 1.0
 
 
 def _morphology(mask: np.ndarray, radius_mm: float, spacing: np.ndarray, closing: bool) -> np.ndarray:
@@ -110,7 +110,7 @@ def _morphology(mask: np.ndarray, radius_mm: float, spacing: np.ndarray, closing
     padded = np.pad(mask, pad, mode="edge")
     operation = ndimage.binary_closing if closing else ndimage.binary_opening
     result = operation(padded, structure=element)
-    return result[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))]
+    return result[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape))]
 
 
 def _margin(step: Mapping, spacing: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def _margin(step: Mapping, spacing: np.ndarray) -> np.ndarray:
 
 
 def _grown(box: tuple[slice, ...], margin: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape, strict=True))
+    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape))
 
 
 def _step_mask(name: str, options: Mapping, mask: np.ndarray, volume: Volume) -> np.ndarray:

@@ -165,7 +165,7 @@ def retinanet_card(folder: Any, metadata: dict, config: dict, transforms: dict, 
     extractor = _component(
         network["kwargs"].get("feature_extractor"), "resnet_fpn_feature_extractor", f"{where} feature_extractor"
     )
-    extractor_args = dict(zip(_FEATURE_EXTRACTOR_ARGS, extractor["args"], strict=False)) | extractor["kwargs"]
+    extractor_args = dict(zip(_FEATURE_EXTRACTOR_ARGS, extractor["args"])) | extractor["kwargs"]
     backbone = _component(extractor_args.pop("backbone", None), _BACKBONES, f"{where} backbone")
     if backbone["args"] or backbone["kwargs"].get("pretrained") or extractor_args.get("pretrained_backbone"):
         raise CTDeepSegError(
@@ -271,7 +271,7 @@ def _detector(card: Any, network: Any, where: str, windows: int) -> Any:
 def _windows(shape: tuple[int, ...], roi: list[int], overlap: float) -> int:
     """How many sliding windows MONAI visits over ``shape`` (for progress)."""
     count = 1
-    for size, patch in zip(shape, roi, strict=True):
+    for size, patch in zip(shape, roi):
         step = max(int(patch * (1 - overlap)), 1)
         count *= 1 if size <= patch else math.ceil((size - patch) / step) + 1
     return count
@@ -318,7 +318,7 @@ def to_patient_boxes(
         if np.allclose(permutation.sum(axis=0), 1) and np.allclose(permutation.sum(axis=1), 1):
             grid_axes, swap = np.asarray(axes, dtype=np.float64), permutation
     found = []
-    for box, score, label in zip(boxes, scores, classes, strict=True):
+    for box, score, label in zip(boxes, scores, classes):
         lower = np.clip(np.minimum(box[:3], box[3:]), 0, shape)
         upper = np.clip(np.maximum(box[:3], box[3:]), 0, shape)
         if np.any(upper <= lower):
@@ -342,7 +342,7 @@ def retinanet_candidates(
     image = model_image(volume, card)
     shape = tuple(image.shape[1:])
     roi = card["roi_size"]
-    sliding = roi is not None and any(size > patch for size, patch in zip(shape, roi, strict=True))
+    sliding = roi is not None and any(size > patch for size, patch in zip(shape, roi))
 
     def run(where: str, size: int) -> dict:
         detector = _detector(card, network.to(where), where, size)

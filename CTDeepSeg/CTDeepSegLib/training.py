@@ -82,7 +82,7 @@ def _crop(image: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Gene
         centre = where[rng.integers(len(where))] if len(where) else np.array(labels.shape) // 2
     else:
         centre = np.array([rng.integers(n) for n in labels.shape])
-    start = [int(np.clip(c - patch // 2, 0, max(n - patch, 0))) for c, n in zip(centre, labels.shape, strict=True)]
+    start = [int(np.clip(c - patch // 2, 0, max(n - patch, 0))) for c, n in zip(centre, labels.shape)]
     region = tuple(slice(s, s + patch) for s in start)
     image, labels = image[region], labels[region]
     pad = [(0, patch - n) for n in labels.shape]  # only where the phantom is smaller than a patch
