@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from CTDeepSegLib.errors import CancelledError, CTDeepSegError
-from CTDeepSegLib.finetune import FinetuneRecipe, finetune, output_folder
+from CTDeepSegLib.finetune import (
+    CURVE_FILE,
+    FinetuneRecipe,
+    discard_interrupted_run,
+    finetune,
+    interrupted_run,
+    output_folder,
+)
 from CTDeepSegLib.inference import segment_volume
 from CTDeepSegLib.jobs import Progress
 from CTDeepSegLib.metrics import compare_labels
@@ -83,6 +90,7 @@ def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(tmp_path):
     early = json.loads((tmp_path / "new" / "model.json").read_text())
     assert early["provenance"]["stopped_early"] is True and len(early["training_curve"]) == 2
     assert (tmp_path / "new.partial" / "checkpoint.pt").is_file()
+    assert interrupted_run(tmp_path / "new") == {"epoch": 1, "epochs": 3}
     open_model(tmp_path / "new")  # usable at once
 
     with pytest.raises(CTDeepSegError, match="already exists"):
@@ -91,6 +99,28 @@ def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(tmp_path):
     assert card["provenance"]["stopped_early"] is False
     assert [point["epoch"] for point in card["training_curve"]] == [0, 1, 2, 3]
     assert not (tmp_path / "new.partial").exists()
+
+
+def test_without_matplotlib_the_run_is_kept_without_its_picture_and_a_leftover_run_can_be_discarded(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in Slicer, which does not ship it
+    tiny_model(tmp_path / "tiny")
+    dataset = _small_dataset(tmp_path / "ds")
+    recipe = FinetuneRecipe(epochs=2, iterations_per_epoch=2)
+    progress = Progress(lambda info: "after epoch 1" in info.message and progress.cancel())
+    with pytest.raises(CancelledError, match="best checkpoint so far is saved"):
+        finetune(dataset, tmp_path / "tiny", tmp_path / "new", recipe, "cpu", progress=progress)
+    card = open_model(tmp_path / "new")[0]
+    assert len(card["training_curve"]) == 2 and not (tmp_path / "new" / CURVE_FILE).exists()
+    assert interrupted_run(tmp_path / "new") == {"epoch": 1, "epochs": 2}
+    discard_interrupted_run(tmp_path / "new")
+    assert interrupted_run(tmp_path / "new") is None and not (tmp_path / "new.partial").exists()
+    with pytest.raises(CTDeepSegError, match="already exists"):
+        finetune(dataset, tmp_path / "tiny", tmp_path / "new", recipe, "cpu")
+    finished = finetune(dataset, tmp_path / "tiny", tmp_path / "other", recipe, "cpu")
+    assert [point["epoch"] for point in finished["training_curve"]] == [0, 1, 2]
+    assert not (finished.folder / CURVE_FILE).exists()
 
 
 def test_a_bare_name_lands_in_the_user_model_folder_and_is_listed_at_once(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -12,7 +14,7 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 from scipy import ndimage
 
 from CTDeepSegLib.errors import CTDeepSegError
-from CTDeepSegLib.metrics import border_voxels, compare_labels, compare_masks, summarise
+from CTDeepSegLib.metrics import border_voxels, compare_labels, compare_masks, nearest_distances, summarise
 from CTDeepSegLib.volume import Volume
 
 
@@ -113,6 +115,18 @@ def _border_image(mask, spacing_kji):
     image = sitk.GetImageFromArray(np.pad(border_voxels(mask), 1).astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing_kji[::-1]))
     return image
+
+
+def test_without_pykdtree_scipy_gives_the_same_distances(monkeypatch):
+    rng = np.random.default_rng(5)
+    points, targets = rng.normal(size=(500, 3)) * 20, rng.normal(size=(700, 3)) * 20
+    fast = nearest_distances(points, targets)
+    monkeypatch.setitem(sys.modules, "pykdtree", None)  # as in Slicer, which does not ship it
+    monkeypatch.setitem(sys.modules, "pykdtree.kdtree", None)
+    slow = nearest_distances(points, targets)
+    brute = np.sqrt(((points[:, None, :] - targets[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    np.testing.assert_allclose(slow, brute, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fast, brute, rtol=0, atol=1e-9)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

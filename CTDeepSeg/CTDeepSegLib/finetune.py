@@ -366,6 +366,7 @@ def finetune(
                 save_checkpoint()
             if world > 1:
                 torch.distributed.barrier()
+        progress.update(1.0, "Saving model")  # a Cancel arriving now still keeps the finished epochs
     except (CancelledError, KeyboardInterrupt):  # the panel's Cancel, or Ctrl-C on the command line
         if rank == 0 and len(state["curve"]) > 1:
             write_model(stopped_early=True)
@@ -378,7 +379,6 @@ def finetune(
         raise
     if rank != 0:
         return None
-    progress.update(1.0, "Saving model")
     result = write_model(stopped_early=False)
     shutil.rmtree(work, ignore_errors=True)
     return result
