@@ -552,12 +552,13 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runInBackground("Detecting...", "detect", (volume,), kwargs, onDone=show)
 
     def onFindingSelected(self) -> None:
-        view = self.ui.findingsTableView
-        indexes = view.selectionModel().selectedIndexes() if view.selectionModel() else []
+        """A click on any cell of a finding's row centres the slice views on it (the view may be sorted)."""
+        selection = self.ui.findingsTableView.selectionModel()
+        indexes = selection.selectedIndexes() if selection is not None else []
         if not indexes:
             return
-        row = view.sortFilterProxyModel().mapToSource(indexes[0]).row()
-        roi = self.logic.findingRoi(view.mrmlTableNode(), row)
+        row = self.ui.findingsTableView.sortFilterProxyModel().mapToSource(indexes[0]).row()
+        roi = self.logic.findingRoi(self.ui.findingsTableView.mrmlTableNode(), row)
         if roi is not None:
             centre = [0.0, 0.0, 0.0]
             roi.GetCenterWorld(centre)
