@@ -18,7 +18,7 @@ PY39_TESTS := Testing/test_phantom.py Testing/test_postprocess.py Testing/test_v
 	Testing/test_froc.py Testing/test_jobs.py Testing/test_evaluation_cli.py Testing/test_training_data.py \
 	Testing/test_background.py
 
-.PHONY: venv venv-slicer venv-py39 test test-py39 lint format demo clean
+.PHONY: venv venv-slicer venv-py39 test test-py39 lint format demo screenshot clean
 
 $(STAMP): requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ venv-py39:
 demo: $(STAMP)
 	$(BIN)/ctdeepseg demo -o results/demo
 
+# The extension's screenshot, rendered offscreen (EGL) in Slicer's own slice views (slicer-core, trame-slicer).
+screenshot: $(STAMP)
+	test -x .venv-render/bin/python || ($(PYTHON) -m venv .venv-render && .venv-render/bin/python -m pip install --quiet \
+		"trame-slicer[standalone]==2.0.0" $(SLICER_CORE) numpy==2.3.5 scipy==1.16.3 SimpleITK==2.5.3 packaging pillow)
+	.venv-render/bin/python tools/render_screenshot.py --engine-python $(BIN)/python
+
 test: $(STAMP) $(SLICER_STAMP) test-py39
 	$(BIN)/python -m pytest -ra
 
@@ -71,4 +77,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-slicer .venv-py39 .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-slicer .venv-py39 .venv-render .pytest_cache .ruff_cache

@@ -165,6 +165,8 @@ class SlicerCore:
         self.app_logic.SetMRMLScene(self.scene)
         self.app_logic.GetColorLogic().SetMRMLScene(self.scene)
         self.app_logic.GetColorLogic().AddDefaultColorNodes()
+        self.app_logic.SetSliceLogics(vtk.vtkCollection())  # filled by the slice views, as in the application
+        self.app_logic.SetViewLogics(vtk.vtkCollection())
         self.logics = {
             "Colors": slicer.vtkMRMLColorLogic(),
             "Volumes": slicer.vtkSlicerVolumesLogic(),

@@ -94,3 +94,12 @@ def test_cmake_lists_every_script_and_resource_so_they_are_packaged():
         assert key in top, key
     assert "slicer_add_python_unittest(SCRIPT CTDeepSeg.py)" in cmake
     assert "--additional-module-paths" not in cmake + top, "Slicer's test macro adds the module paths itself"
+
+
+def test_every_extension_icon_and_screenshot_url_names_a_png_in_the_repository():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    urls = re.findall(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+?)\"?\)", top)
+    assert len(urls) >= 2, urls
+    for path in urls:
+        for relative in path.split(" "):
+            assert (ROOT / relative).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", relative
