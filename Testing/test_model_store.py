@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,16 @@ def test_a_model_made_for_the_other_task_is_refused_with_a_message(tmp_path, cap
     assert main([*arguments, "--model", "ctdeepseg-phantom-detector"]) == 2
     assert "choose a segmentation model" in capsys.readouterr().err
     assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_the_user_model_folder_is_each_systems_usual_place(monkeypatch, tmp_path):
+    from CTDeepSegLib.model_paths import user_models_folder
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
+    assert user_models_folder("win32", {"LOCALAPPDATA": "C:/Users/a/AppData/Local"}) == Path(
+        "C:/Users/a/AppData/Local/CTDeepSeg/models"
+    )
+    assert user_models_folder("win32", {}) == tmp_path / "AppData" / "Local" / "CTDeepSeg" / "models"
+    assert user_models_folder("darwin", {}) == tmp_path / "Library" / "Application Support" / "CTDeepSeg" / "models"
+    assert user_models_folder("linux", {"XDG_DATA_HOME": "/data"}) == Path("/data/ctdeepseg/models")
+    assert user_models_folder("linux", {"XDG_DATA_HOME": ""}) == tmp_path / ".local" / "share" / "ctdeepseg" / "models"
