@@ -1,16 +1,10 @@
-"""Slicer's situation, reproduced: the main thread holds Python's GIL while its event loop idles.
-
-In Slicer, PythonQt does not release the GIL when control returns to Qt's C++ event loop, so the main thread
-holds it except while Python code runs (a timer callback every 100 ms). Here the main thread sleeps inside a
-``ctypes.PyDLL`` call (PyDLL keeps the GIL, as C++ entered from PythonQt does) and polls between sleeps. The
-engine runner must then segment the self-test phantom at nearly its free-running speed; the same test on a
-worker thread (the panel's former design) shows the slowdown, so the check can fail.
-"""
+"""Slicer's situation, reproduced (``gil.slicer_like_main_loop``): the main thread holds Python's GIL while its
+event loop idles and polls every 100 ms. The engine runner must then segment the self-test phantom at nearly its
+free-running speed; the same test on a worker thread (the panel's former design) shows the slowdown, so the
+check can fail."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 import threading
 import time
@@ -22,23 +16,10 @@ from CTDeepSegLib.background.runner import EngineProcess
 from CTDeepSegLib.errors import CancelledError
 from CTDeepSegLib.jobs import Progress
 from CTDeepSegLib.phantom import make_phantom
+from gil import free_running_loop, slicer_like_main_loop
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses libc's usleep")
 BUDGET = 1.3
-
-
-def _slicer_like_main_loop(finished, poll, deadline=float("inf")) -> None:
-    """Hold the GIL for 100 ms at a time (as Qt's event loop does in Slicer), run ``poll`` in between."""
-    libc = ctypes.PyDLL(ctypes.util.find_library("c"))
-    while not finished() and time.monotonic() < deadline:
-        libc.usleep(100_000)
-        poll()
-
-
-def _free_running_loop(finished, poll) -> None:
-    while not finished():
-        time.sleep(0.1)  # releases the GIL
-        poll()
 
 
 def _runner_seconds(image, main_loop) -> float:
@@ -54,9 +35,9 @@ def test_the_runner_keeps_its_speed_while_the_main_thread_holds_the_gil():
     image = make_phantom(
         seed=77, shape=(80, 96, 96), spacing=(3.0, 3.0, 3.5), lesion_radius_mm=(8.0, 12.0)
     ).image  # the self-test's phantom
-    _runner_seconds(image, _free_running_loop)  # warm the file caches
-    free = _runner_seconds(image, _free_running_loop)
-    held = _runner_seconds(image, _slicer_like_main_loop)
+    _runner_seconds(image, free_running_loop)  # warm the file caches
+    free = _runner_seconds(image, free_running_loop)
+    held = _runner_seconds(image, slicer_like_main_loop)
     print(f"runner: free-running {free:.1f} s, main thread holding the GIL {held:.1f} s ({held / free:.2f}x)")
     assert held <= BUDGET * free, f"{held:.1f} s against {free:.1f} s free-running"
 
@@ -75,7 +56,7 @@ def test_the_runner_keeps_its_speed_while_the_main_thread_holds_the_gil():
     progress = Progress()
     began = time.monotonic()
     worker = in_thread(progress)
-    _slicer_like_main_loop(lambda: not worker.is_alive(), lambda: None, deadline=began + BUDGET * thread_free)
+    slicer_like_main_loop(lambda: not worker.is_alive(), lambda: None, deadline=began + BUDGET * thread_free)
     thread_held = time.monotonic() - began
     progress.cancel()
     worker.join(60)

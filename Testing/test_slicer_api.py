@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from slicer_api_check import check_python, check_ui, ui_widget_classes
 
+from slicer_api_check import check_python, check_ui, ui_widget_classes
 from slicer_api_index import SUPPORTED, load
 
 ROOT = Path(__file__).resolve().parents[1]
