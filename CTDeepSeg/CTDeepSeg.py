@@ -285,6 +285,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         kwargs: dict | None = None,
         onDone: Callable[[Any], None] | None = None,
         onFinished: Callable[[], None] | None = None,
+        cancellable: bool = True,
     ) -> None:
         """Run ``CTDeepSegLib.actions.<action>`` in a child process; ``onDone(result)`` runs here when it succeeds,
         ``onFinished()`` after it ends in any way."""
@@ -297,6 +298,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onJobFinished = onFinished
         self.ui.statusLabel.text = title
         self._showProgress(True)
+        self.ui.cancelButton.visible = cancellable
         self.updateButtons()
         self._timer.start()
 
@@ -593,7 +595,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self.ui.statusLabel.text = f"{result.message} {changed}".strip()
 
-        self.runInBackground("Exporting...", "export_pair", (datasetDir,), kwargs, onDone=show)
+        self.runInBackground("Exporting...", "export_pair", (datasetDir,), kwargs, onDone=show, cancellable=False)
 
     def onFinetune(self) -> None:
         parameters = self._parameterNode
@@ -808,9 +810,10 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         """Start ``CTDeepSegLib.actions.<action>(*args, **kwargs)`` in a child Python process (Slicer's
         ``PythonSlicer``); returns a ``CTDeepSegLib.background.runner.EngineProcess`` to ``poll`` from a timer,
         ``cancel``, and read the ``result`` of."""
+        from CTDeepSegLib.actions import GRACE_S
         from CTDeepSegLib.background.runner import EngineProcess
 
-        return EngineProcess(action, *args, **kwargs).start()
+        return EngineProcess(action, *args, grace_s=GRACE_S.get(action, 5.0), **kwargs).start()
 
     # ------------------------------------------------------------------ volumes and nodes
     @staticmethod

@@ -104,16 +104,16 @@ def export_pair(
     replace: bool = False,
     progress: Progress | None = None,
 ):
-    """Add an image and its corrected labels to a training dataset; returns a ``training_data.ExportResult``."""
+    """Add an image and its corrected labels to a training dataset; returns a ``training_data.ExportResult``.
+
+    Not cancellable once it has started writing (it takes seconds, and each file is written whole or not at all),
+    so a Cancel never reports "nothing was written" about a case that was."""
     from .training_data import export_pair as export
 
-    progress = progress or Progress()
-    progress.update(0.0, "Exporting")
-    result = export(
+    (progress or Progress()).update(0.0, "Exporting")
+    return export(
         dataset, image, labels, names, case=case, original=original, model=model, source=source, replace=replace
     )
-    progress.update(1.0, "Exported")
-    return result
 
 
 def finetune(
@@ -132,6 +132,10 @@ def finetune(
 
     return train(dataset, model, name, FinetuneRecipe(epochs=epochs, **recipe), device, resume, progress)
 
+
+# Seconds a cancelled action may take to stop by itself before it is killed: fine-tuning stops at its next
+# training step, but a validation pass in between can take a while, and killing it would lose the epoch.
+GRACE_S = {"finetune": 120.0}
 
 ACTIONS = {
     function.__name__: function
