@@ -27,21 +27,24 @@ $(STAMP): requirements-test.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# $(call bundled,FOLDER,PYTHON,SLICER RELEASE,MORE PACKAGES): a venv holding exactly the Python packages that
+# Slicer release bundles (pip, setuptools and wheel first, as it has them), and MORE PACKAGES.
+define bundled
+	rm -rf $(1)
+	$(2) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet $$($(2) $(INDEX) tools $(3))
+	$(2) $(INDEX) requirements $(3) > $(1)/bundled.txt
+	$(1)/bin/python -m pip install --quiet -r $(1)/bundled.txt $(4)
+endef
+
 $(SLICER_STAMP): $(INDEX) Testing/slicer_api/slicer-5.10.0.json.gz
-	rm -rf .venv-slicer
-	$(PY312) -m venv .venv-slicer
-	.venv-slicer/bin/python -m pip install --quiet $$($(PY312) $(INDEX) tools 5.10.0)
-	$(PY312) $(INDEX) requirements 5.10.0 > .venv-slicer/bundled.txt
-	.venv-slicer/bin/python -m pip install --quiet -r .venv-slicer/bundled.txt $(SLICER_CORE) pytest==9.0.1
+	$(call bundled,.venv-slicer,$(PY312),5.10.0,$(SLICER_CORE) pytest==9.0.1)
 	.venv-slicer/bin/python -m pip uninstall --quiet --yes matplotlib  # PyPI's vtk pulls it in; Slicer's VTK does not
 	touch $@
 
+# nibabel, matplotlib and pytest: the tests' and the command line's tools.
 $(PY39_STAMP): $(INDEX) Testing/slicer_api/slicer-5.8.1.json.gz
-	rm -rf .venv-py39
-	$(PY39) -m venv .venv-py39
-	.venv-py39/bin/python -m pip install --quiet $$($(PY39) $(INDEX) tools 5.8.1)
-	$(PY39) $(INDEX) requirements 5.8.1 > .venv-py39/bundled.txt
-	.venv-py39/bin/python -m pip install --quiet -r .venv-py39/bundled.txt nibabel==5.3.2 matplotlib==3.9.4 pytest==8.3.5  # test and CLI tools
+	$(call bundled,.venv-py39,$(PY39),5.8.1,nibabel==5.3.2 matplotlib==3.9.4 pytest==8.3.5)
 	touch $@
 
 venv: $(STAMP)

@@ -379,6 +379,16 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error))
             return False
 
+    def _inferenceInput(self, volumeNode):
+        """The engine volume of ``volumeNode`` once PyTorch and MONAI are there; None after saying what is wrong."""
+        if not self._ensureDependencies():
+            return None
+        try:
+            return self.logic.volumeFromNode(volumeNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return None
+
     # ------------------------------------------------------------------ actions
     def onCreatePhantom(self) -> None:
         modality, seed = self._parameterNode.phantomModality, self._parameterNode.phantomSeed
@@ -435,12 +445,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or card is None:
             slicer.util.errorDisplay("Choose an input volume and a model first.")
             return
-        if not self._ensureDependencies():
-            return
-        try:
-            volume = self.logic.volumeFromNode(volumeNode)
-        except CTDeepSegError as error:
-            slicer.util.errorDisplay(str(error))
+        volume = self._inferenceInput(volumeNode)
+        if volume is None:
             return
 
         def show(result) -> None:
@@ -528,12 +534,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters.segmentLesions and segmenter is None:
             slicer.util.errorDisplay("Choose a segmentation model (Segmentation section) to segment each lesion.")
             return
-        if not self._ensureDependencies():
-            return
-        try:
-            volume = self.logic.volumeFromNode(volumeNode)
-        except CTDeepSegError as error:
-            slicer.util.errorDisplay(str(error))
+        volume = self._inferenceInput(volumeNode)
+        if volume is None:
             return
 
         def show(output) -> None:

@@ -76,17 +76,23 @@ def test_a_short_cpu_fine_tune_raises_held_out_dice_on_a_shifted_domain(tmp_path
     assert len(tuned["provenance"]["dataset"]["sha256"]) == 64
     assert [point["epoch"] for point in tuned["training_curve"]] == [0, 1, 2, 3, 4]
     assert tuned["validation"]["before"] == tuned["training_curve"][0]["dice"]
-    assert (tuned.folder / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tuned.folder / CURVE_FILE).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "tuned.partial").exists()
 
 
-def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(tmp_path):
+def _cancelled_after_the_first_epoch(tmp_path: Path, recipe: FinetuneRecipe) -> Path:
+    """Fine-tune the tiny model into ``tmp_path/new``, cancelled during the second epoch; returns the dataset."""
     tiny_model(tmp_path / "tiny")
     dataset = _small_dataset(tmp_path / "ds")
-    recipe = FinetuneRecipe(epochs=3, iterations_per_epoch=2)
     progress = Progress(lambda info: "after epoch 1" in info.message and progress.cancel())
     with pytest.raises(CancelledError, match="best checkpoint so far is saved"):
         finetune(dataset, tmp_path / "tiny", tmp_path / "new", recipe, "cpu", progress=progress)
+    return dataset
+
+
+def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(tmp_path):
+    recipe = FinetuneRecipe(epochs=3, iterations_per_epoch=2)
+    dataset = _cancelled_after_the_first_epoch(tmp_path, recipe)
     early = json.loads((tmp_path / "new" / "model.json").read_text())
     assert early["provenance"]["stopped_early"] is True and len(early["training_curve"]) == 2
     assert (tmp_path / "new.partial" / "checkpoint.pt").is_file()
@@ -105,12 +111,8 @@ def test_without_matplotlib_the_run_is_kept_without_its_picture_and_a_leftover_r
     tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in Slicer, which does not ship it
-    tiny_model(tmp_path / "tiny")
-    dataset = _small_dataset(tmp_path / "ds")
     recipe = FinetuneRecipe(epochs=2, iterations_per_epoch=2)
-    progress = Progress(lambda info: "after epoch 1" in info.message and progress.cancel())
-    with pytest.raises(CancelledError, match="best checkpoint so far is saved"):
-        finetune(dataset, tmp_path / "tiny", tmp_path / "new", recipe, "cpu", progress=progress)
+    dataset = _cancelled_after_the_first_epoch(tmp_path, recipe)
     card = open_model(tmp_path / "new")[0]
     assert len(card["training_curve"]) == 2 and not (tmp_path / "new" / CURVE_FILE).exists()
     assert interrupted_run(tmp_path / "new") == {"epoch": 1, "epochs": 2}

@@ -92,28 +92,16 @@ def postprocess(labels: Volume, steps: list[dict], progress: Progress | None = N
     return clean(labels, steps, progress=progress)
 
 
-def export_pair(
-    dataset: str | Path,
-    image: Volume,
-    labels: Volume,
-    names: Mapping[int, str],
-    case: str | None = None,
-    original: Volume | None = None,
-    model: Mapping | None = None,
-    source: str = "",
-    replace: bool = False,
-    progress: Progress | None = None,
-):
-    """Add an image and its corrected labels to a training dataset; returns a ``training_data.ExportResult``.
+def export_pair(*args: Any, progress: Progress | None = None, **kwargs: Any):
+    """Add an image and its corrected labels to a training dataset: ``training_data.export_pair`` with the same
+    arguments; returns its ``ExportResult``.
 
     Not cancellable once it has started writing (it takes seconds, and each file is written whole or not at all),
     so a Cancel never reports "nothing was written" about a case that was."""
     from .training_data import export_pair as export
 
     (progress or Progress()).update(0.0, "Exporting")
-    return export(
-        dataset, image, labels, names, case=case, original=original, model=model, source=source, replace=replace
-    )
+    return export(*args, **kwargs)
 
 
 def finetune(
