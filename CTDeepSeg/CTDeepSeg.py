@@ -136,6 +136,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._models: list = []
         self._detectors: list = []
+        self._suggestedCaseName = ""
         VTKObservationMixin.__init__(self)
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -366,22 +367,24 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "An input was removed from the scene while the work ran; the result was discarded."
         return False
 
-    def _confirmInstall(self, message: str) -> bool:
-        return slicer.util.confirmOkCancelDisplay(
-            message, "CTDeepSeg: install Python packages", detailedText=self.logic.dependencyDetails()
-        )
+    def _ensureDependencies(self, includeOptional: bool = False) -> list[str] | None:
+        """What was installed after asking (the dialog's details list each package); None after saying why not."""
 
-    def _ensureDependencies(self) -> bool:
+        def confirm(message: str) -> bool:
+            details = self.logic.dependencyDetails(includeOptional)
+            return slicer.util.confirmOkCancelDisplay(
+                message, "CTDeepSeg: install Python packages", detailedText=details
+            )
+
         try:
-            self.logic.ensureDependencies(confirm=self._confirmInstall)
-            return True
+            return self.logic.ensureDependencies(confirm=confirm, includeOptional=includeOptional)
         except CTDeepSegError as error:
             slicer.util.errorDisplay(str(error))
-            return False
+            return None
 
     def _inferenceInput(self, volumeNode):
         """The engine volume of ``volumeNode`` once PyTorch and MONAI are there; None after saying what is wrong."""
-        if not self._ensureDependencies():
+        if self._ensureDependencies() is None:
             return None
         try:
             return self.logic.volumeFromNode(volumeNode)
@@ -569,8 +572,13 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
 
     def onInputChanged(self, volumeNode) -> None:
-        if self._parameterNode is not None:
-            self._parameterNode.caseName = self.logic.suggestCaseName(volumeNode) if volumeNode else ""
+        """Suggest a case name from the volume's, unless the user typed one of their own."""
+        parameters = self._parameterNode
+        if parameters is not None:
+            suggestion = self.logic.suggestCaseName(volumeNode) if volumeNode else ""
+            if not parameters.caseName or parameters.caseName == self._suggestedCaseName:
+                parameters.caseName = suggestion
+            self._suggestedCaseName = suggestion
         self.updateButtons()
 
     def onDatasetFolderChanged(self, path: str) -> None:
@@ -606,7 +614,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay("Choose a dataset folder, a model (Segmentation section) and a new model name.")
             return
         resume = self._askAboutInterruptedRun(name)
-        if resume is None or not self._ensureDependencies():
+        if resume is None or self._ensureDependencies() is None:
             return
         self.ui.trainingCurveLabel.text = ""
 
@@ -651,10 +659,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None
 
     def onCheckDependencies(self) -> None:
-        try:
-            installed = self.logic.ensureDependencies(confirm=self._confirmInstall, includeOptional=True)
-        except CTDeepSegError as error:
-            slicer.util.errorDisplay(str(error))
+        installed = self._ensureDependencies(includeOptional=True)
+        if installed is None:
             return
         self.ui.statusLabel.text = (
             f"Installed: {', '.join(installed)}." if installed else "All Python dependencies are installed."
