@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import types
 
 
 def test_self_test_passes_when_run_as_slicer_runs_it(scene, ctdeepseg_module, caplog):
@@ -40,3 +41,16 @@ def test_phantom_through_logic_places_lesions_in_their_organs(scene, ctdeepseg_m
         i, j, k = np.round(labels.physical_to_index(lesion.centre_lps_mm)).astype(int)
         assert labels.array[k, j, i] == 4
     assert volume_node.GetName() == "Phantom CT 2"
+
+
+def test_an_older_slicer_is_told_politely_which_release_is_needed(ctdeepseg_module):
+    from CTDeepSegLib.slicer_support import MINIMUM_SLICER, unsupported_slicer
+
+    assert MINIMUM_SLICER == (5, 8)
+    assert unsupported_slicer(5, 8) is None and unsupported_slicer(5, 10) is None and unsupported_slicer(6, 0) is None
+    message = unsupported_slicer(5, 6)
+    assert message.startswith("CTDeepSeg needs 3D Slicer 5.8 or newer, and this is Slicer 5.6.")
+    assert "nothing was changed" in message and "\n" not in message
+    parent = types.SimpleNamespace()
+    ctdeepseg_module.CTDeepSeg(parent)
+    assert "Needs 3D Slicer 5.8 or newer" in parent.helpText and "CTDeepSeg.CTDeepSegLogic()" in parent.helpText
