@@ -72,5 +72,24 @@ def test_mrc_reader_handles_byte_order_and_extended_headers():
         read_mrc(mrc[:-4], "test.mrc")
 
 
-def test_the_liver_case_is_never_offered_for_training():
-    assert [name for name, case in CASES.items() if not case.training_allowed] == ["liver117"]
+def test_the_liver_case_and_the_reserved_dicom_series_are_never_offered_for_training():
+    assert [name for name, case in CASES.items() if not case.training_allowed] == ["liver117", "ts_ct_dicom"]
+    assert "reserved for independent evaluation" in CASES["ts_ct_dicom"].licence
+
+
+@pytest.mark.realdata
+def test_totalsegmentator_examples_come_with_their_labels_on_the_image_grid(fetched):
+    expected = {
+        "ts_ct": ((112, 101, 122), 3.0, {"liver": 41692, "spleen": 9668, "kidney_left": 5090, "aorta": 1839}),
+        "ts_cta": ((164, 126, 120), 1.5, {"aorta": 72801, "vertebrae_T12": 9617, "celiac_trunk": 644}),
+        "ts_mr": ((20, 91, 117), 3.0, {"liver": 18480, "kidney_right": 1721, "vertebrae": 2006}),
+        "ts_ct_dicom": ((20, 512, 512), 2.0, {"liver": 366708, "spleen": 130634, "aorta": 11723}),
+    }
+    for name, (shape, slice_mm, counts) in expected.items():
+        image, label, record = load_case(name)
+        assert image.shape == shape and image.spacing[2] == pytest.approx(slice_mm), name
+        values = {v: k for k, v in record["labels"].items()}
+        for structure, count in counts.items():
+            assert np.count_nonzero(label.array == int(values[structure])) == count, (name, structure)
+    image, _, record = load_case("ts_ct_dicom")
+    assert image.array.min() == -1024 and record["training_allowed"] is False

@@ -398,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=command_info)
 
     fetch = commands.add_parser("fetch-cases", help="fetch the small set of real scans into the user cache")
-    fetch.add_argument("names", nargs="*", help="cases to fetch (lung2, brain1, liver117); default all")
+    fetch.add_argument(
+        "names",
+        nargs="*",
+        help="cases to fetch (lung2, brain1, liver117, ts_ct, ts_cta, ts_mr, ts_ct_dicom); default all",
+    )
     fetch.add_argument("--cache", type=Path, help="cache folder (default $CTDEEPSEG_CACHE or ~/.cache/ctdeepseg)")
     fetch.set_defaults(handler=command_fetch_cases)
 
