@@ -387,6 +387,80 @@ def command_train_detector(arguments: argparse.Namespace) -> int:
     return 0
 
 
+INTERACTIVE_MODEL = "ctdeepseg-interactive"
+
+
+def command_click(arguments: argparse.Namespace) -> int:
+    from .interactive.engine import segment_click
+    from .interactive.prompts import Prompts, box_from_corners
+    from .model_store import open_model
+    from .volume_io import read_label, read_volume, write_volume
+
+    output = Path(arguments.output)
+    if output.exists() and not arguments.overwrite:
+        raise CTDeepSegError(f"{output}: already exists; choose another name or --overwrite.")
+    volume = read_volume(arguments.image)
+    volume.require_finite("image")
+    convert = (lambda p: [p[0] * -1, p[1] * -1, p[2]]) if arguments.ras else (lambda p: p)
+    box = None
+    if arguments.box:
+        corners = [convert(arguments.box[:3]), convert(arguments.box[3:])]
+        box = box_from_corners(*corners)
+    prompts = Prompts([convert(p) for p in arguments.include or []], [convert(p) for p in arguments.exclude or []], box)
+    previous = read_label(arguments.previous, reference=volume) if arguments.previous else None
+    card, network = open_model(arguments.model or INTERACTIVE_MODEL, task="interactive")
+    result = segment_click(volume, prompts, card, network, arguments.device, previous)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    write_volume(result.mask, output, overwrite=arguments.overwrite)
+    voxels = int(result.mask.array.sum())
+    print(
+        f"{output}: {voxels} voxels ({voxels * volume.voxel_volume_mm3 / 1000:.2f} mL) in {result.seconds:.2f} s "
+        f"on {result.device}; cube spacing {', '.join(f'{s:.2f}' for s in result.spacings)} mm"
+    )
+    return 0
+
+
+def command_evaluate_clicks(arguments: argparse.Namespace) -> int:
+    from .atomic import write_text_atomic
+    from .evaluation import format_table
+    from .interactive.evaluation import CLICK_CASES, evaluate_cases, model_method, summarise
+    from .model_store import open_model
+    from .real_cases import fetch_cases
+
+    names = arguments.cases or [*CLICK_CASES, "phantom"]
+    card, network = open_model(arguments.model or INTERACTIVE_MODEL, task="interactive")
+    progress = Progress(_print_progress)
+    fetch_cases([name for name in names if name != "phantom"], progress=progress.step(0.0, 0.05))
+    traces = evaluate_cases(
+        names,
+        {"ctdeepseg": model_method(card, network, arguments.device)},
+        baselines=not arguments.no_baselines,
+        max_clicks=arguments.max_clicks,
+        progress=progress.step(0.05, 1.0),
+    )
+    rows = summarise(traces)
+    columns = ("case", "method", "objects", "dice_1", "dice_3", "dice_5", "noc85", "noc90", "latency_median_s")
+    print(format_table(rows, columns))
+    if arguments.output:
+        output = Path(arguments.output)
+        output.mkdir(parents=True, exist_ok=True)
+        record = {"model": card.name, "summary": rows, "traces": [vars(trace) for trace in traces]}
+        write_text_atomic(output / "clicks.json", json.dumps(record, indent=2))
+        print(f"Wrote {output / 'clicks.json'}")
+    return 0
+
+
+def command_train_interactive(arguments: argparse.Namespace) -> int:
+    from .interactive.training import InteractiveRecipe, train_interactive
+
+    recipe = InteractiveRecipe(seed=arguments.seed, iterations=arguments.iterations)
+    card = train_interactive(Path(arguments.output), recipe, Progress(_print_progress))
+    figures = card["validation"]["validation_scenes"]
+    print(f"Wrote interactive model {card.name} to {card.folder}; validation Dice {figures['dice']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeepseg", description="Deep-learning segmentation and detection for CT and MRI (3D Slicer's CTDeepSeg)."
@@ -510,6 +584,39 @@ def build_parser() -> argparse.ArgumentParser:
     train_det.add_argument("--iterations", type=int, default=1200)
     train_det.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
     train_det.set_defaults(handler=command_train_detector)
+
+    click = commands.add_parser("click", help="segment the object at include points (or in a box), refined by clicks")
+    click.add_argument("image", help="volume file or DICOM series folder")
+    click.add_argument("-o", "--output", required=True, help="mask to write (1 inside the object, the image's grid)")
+    point = {"type": float, "nargs": 3, "action": "append", "metavar": ("X", "Y", "Z")}
+    click.add_argument("--include", **point, help="a point inside the object, LPS mm (repeatable)")
+    click.add_argument("--exclude", **point, help="a point outside the object, LPS mm (repeatable)")
+    click.add_argument("--box", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), help="box corners")
+    click.add_argument("--ras", action="store_true", help="the coordinates are RAS, as Slicer shows them")
+    click.add_argument("--previous", help="the mask to refine (from the last click)")
+    click.add_argument("--model", help=f"interactive model name or folder (default {INTERACTIVE_MODEL})")
+    click.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    click.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    click.set_defaults(handler=command_click)
+
+    replay = commands.add_parser(
+        "evaluate-clicks", help="replay simulated clicks on real cases: Dice after 1/3/5 clicks, NoC85/90, latency"
+    )
+    replay.add_argument("cases", nargs="*", help="lung2 brain1 liver117 ts_ct_dicom ts_mr phantom (default all)")
+    replay.add_argument("--model", help=f"interactive model name or folder (default {INTERACTIVE_MODEL})")
+    replay.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    replay.add_argument("--max-clicks", type=int, default=10)
+    replay.add_argument("--no-baselines", action="store_true", help="skip region growing and Grow from seeds")
+    replay.add_argument("-o", "--output", help="folder for clicks.json (every trace and the summary)")
+    replay.set_defaults(handler=command_evaluate_clicks)
+
+    train_int = commands.add_parser(
+        "train-interactive", help="train the interactive (click) model: the shipped model's recipe"
+    )
+    train_int.add_argument("-o", "--output", required=True, help="new model folder")
+    train_int.add_argument("--seed", type=int, default=0)
+    train_int.add_argument("--iterations", type=int, default=4000)
+    train_int.set_defaults(handler=command_train_interactive)
 
     evaluate = commands.add_parser(
         "evaluate",

@@ -382,3 +382,24 @@ def original_prediction(segmentation_node: "slicer.vtkMRMLSegmentationNode") -> 
     text_node = segmentation_node.GetNodeReference(ORIGINAL_ROLE)
     labels = unpack_labels(text_node.GetText()) if text_node is not None and text_node.GetText() else None
     return labels, json.loads(record) if record else None
+
+
+def grow_from_seeds(image: Volume, seeds: np.ndarray, distance_penalty: float = 0.0) -> np.ndarray:
+    """Slicer's Grow from seeds (``vtkImageGrowCutSegment``, the Segment Editor effect's algorithm) on ``image``:
+    ``seeds`` holds a label value per seeded voxel (0: unseeded); returns the label each voxel grows to."""
+
+    def image_data(array: np.ndarray, vtk_type: int) -> vtk.vtkImageData:
+        data = vtk.vtkImageData()
+        data.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+        data.SetSpacing(*image.spacing)
+        data.AllocateScalars(vtk_type, 1)
+        numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(array.shape)[:] = array
+        return data
+
+    grow = slicer.vtkImageGrowCutSegment()
+    grow.SetIntensityVolume(image_data(image.array.astype(np.int16), vtk.VTK_SHORT))
+    grow.SetSeedLabelVolume(image_data(seeds.astype(np.int16), vtk.VTK_SHORT))
+    grow.SetDistancePenalty(distance_penalty)
+    grow.Update()
+    output = grow.GetOutput()
+    return numpy_support.vtk_to_numpy(output.GetPointData().GetScalars()).reshape(seeds.shape).copy()

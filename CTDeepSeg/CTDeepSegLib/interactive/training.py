@@ -1,0 +1,269 @@
+"""The recipe that trains the shipped interactive model, reproducibly (``ctdeepseg train-interactive``).
+
+Every step draws fresh scenes (``synthesis``): synthetic objects under domain randomisation, lesions drawn into
+real CT and MRI (pyradiomics lung2 and brain1, never near their own lesions, which are kept for evaluation;
+TotalSegmentator's example CT and CT angiogram), and real organs and vessels of those examples. Each scene gives
+training samples the way a user would prompt: a first click at the object's interior point farthest from its
+border (the cube centred there, or on the object when the cube has grown), a box around it, or a previous mask
+that is wrong (grown, shrunk, shifted, cut, leaking) with include and exclude clicks on its largest errors. The
+network (MONAI U-Net, six input channels, one output) learns with Dice plus binary cross-entropy; the best
+checkpoint on fixed validation scenes of the same kinds is kept. Not used, ever: the liver package's case, the
+TotalSegmentator DICOM series and its labels (reserved for independent evaluation), the TotalSegmentator MR
+(kept for evaluation), and the real lesions of lung2 and brain1.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..jobs import Progress
+from ..metrics import bounding_box
+from .encoding import CHANNELS, encode
+from .engine import DEFAULTS
+from .simulation import corrective_click
+from .synthesis import CONTEXT, SIZE, RealSource, blob, lesion_scene, organ_scene, synthetic_scene
+
+# Cases whose data may train the shipped model (licences in real_cases); their own lesions are never shown.
+LESION_SOURCES = {"lung2": 0.35, "brain1": 0.2, "ts_ct": 0.3, "ts_cta": 0.15}
+ORGAN_SOURCES = {"ts_ct": 0.7, "ts_cta": 0.3}
+
+
+@dataclass(frozen=True)
+class InteractiveRecipe:
+    seed: int = 0
+    iterations: int = 4000
+    batch: int = 4
+    learning_rate: float = 2e-3
+    validate_every: int = 250
+    validation_samples: int = 48
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    residual_units: int = 1
+    mix: tuple[float, float, float] = (0.4, 0.35, 0.25)  # synthetic, lesion in a real scan, real organ
+    sigma_voxels: float = 2.0
+
+
+def load_sources(cache: Path | None = None) -> tuple[dict[str, RealSource], dict[str, RealSource]]:
+    """The real scans of the recipe (fetched if needed): lesion backgrounds and organ sources, by case name."""
+    from ..real_cases import fetch_cases, load_case
+
+    fetch_cases(sorted(set(LESION_SOURCES) | set(ORGAN_SOURCES)), cache=cache)
+    lesions, organs = {}, {}
+    for name in sorted(set(LESION_SOURCES) | set(ORGAN_SOURCES)):
+        image, labels, record = load_case(name, cache=cache)
+        assert record["training_allowed"], name
+        avoid, avoid_mm = None, 0.0
+        if name in ("lung2", "brain1"):  # their one real lesion is for evaluation: no cube may come near it
+            points = np.argwhere(labels.array > 0)[:, ::-1].astype(float)
+            avoid, avoid_mm = image.index_to_physical(points[:: max(1, len(points) // 200)]), 10.0
+        if name in LESION_SOURCES:
+            lesions[name] = RealSource(image, record["modality"], avoid=avoid, avoid_mm=avoid_mm)
+        if name in ORGAN_SOURCES:
+            values, counts = np.unique(labels.array, return_counts=True)
+            minimum = 2000.0 / image.voxel_volume_mm3  # at least 2 mL
+            targets = tuple(int(v) for v, c in zip(values, counts) if v > 0 and c >= minimum)
+            organs[name] = RealSource(image, record["modality"], labels=labels, targets=targets)
+    return lesions, organs
+
+
+def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dict, organs: dict):
+    """(image, object) of one scene in a context cube, from the recipe's mix of kinds and sources."""
+    while True:
+        kind = rng.choice(3, p=recipe.mix)
+        if kind == 0:
+            return synthetic_scene(rng)
+        weights = LESION_SOURCES if kind == 1 else ORGAN_SOURCES
+        names = sorted(weights)
+        name = names[rng.choice(len(names), p=np.array([weights[n] for n in names]) / sum(weights.values()))]
+        scene = lesion_scene(rng, lesions[name]) if kind == 1 else organ_scene(rng, organs[name])
+        if scene is not None:
+            return scene[0], scene[1]
+
+
+def _interior_point(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """A point deep inside the mask: among the voxels at least 70 % as deep as the deepest (simulated jitter)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+    candidates = np.argwhere(depth >= 0.7 * depth.max())
+    return candidates[rng.integers(len(candidates))].astype(float)
+
+
+def perturb(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
+    """A plausible wrong previous result: grown, shrunk, shifted, cut by a plane, leaking, or with a far blob."""
+    previous = target.copy()
+    for _ in range(int(rng.integers(1, 3))):
+        kind = int(rng.integers(6))
+        radius = int(rng.integers(1, 4))
+        if kind == 0:
+            previous = ndimage.binary_dilation(previous, iterations=radius)
+        elif kind == 1:
+            previous = ndimage.binary_erosion(previous, iterations=radius)
+        elif kind == 2:
+            previous = np.roll(previous, tuple(rng.integers(-4, 5, 3)), axis=(0, 1, 2))
+        elif kind == 3 and previous.any():
+            normal = rng.normal(size=3)
+            centre = np.argwhere(previous).mean(axis=0) + rng.normal(0, 3, 3)
+            grid = np.indices(previous.shape).reshape(3, -1).T
+            previous &= ((grid - centre) @ normal <= 0).reshape(previous.shape)
+        elif kind == 4 and target.any():
+            border = np.argwhere(target & ~ndimage.binary_erosion(target))
+            spot = border[rng.integers(len(border))].astype(float)
+            previous |= blob(rng, target.shape, spot, rng.uniform(3, 10))
+        else:
+            previous |= blob(rng, target.shape, rng.uniform(0, target.shape[0], 3), rng.uniform(2, 8))
+    return previous
+
+
+def make_sample(
+    rng: np.random.Generator, image: np.ndarray, target: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(network input, target) of one training sample from a context scene, prompted as a user would."""
+    first = _interior_point(rng, target)
+    box = bounding_box(target)
+    middle = np.array([(s.start + s.stop - 1) / 2 for s in box])
+    mode = rng.choice(["click", "box", "refine"], p=[0.4, 0.2, 0.4])
+    centre = first if mode == "click" and rng.uniform() < 0.5 else middle
+    low = np.round(centre + rng.normal(0, 1.5, 3) - (SIZE - 1) / 2).astype(int)
+    low = np.clip(low, 0, CONTEXT - SIZE)
+    window = tuple(slice(a, a + SIZE) for a in low)
+    cube, truth = image[window], target[window]
+    if not truth.any():
+        return make_sample(rng, image, target, sigma)
+    first = first - low if np.all((first - low >= 0) & (first - low < SIZE)) else _interior_point(rng, truth)
+    include, exclude, prompt_box, previous = [first], [], None, None
+    if mode == "click" and rng.uniform() < 0.2:
+        include.append(_interior_point(rng, truth))
+    elif mode == "box":
+        found = bounding_box(truth)
+        low_box = np.array([s.start for s in found]) + rng.integers(-2, 3, 3)
+        high_box = np.array([s.stop - 1 for s in found]) + rng.integers(-2, 3, 3)
+        prompt_box = (low_box.astype(float), high_box.astype(float))
+        if rng.uniform() < 0.5:
+            include = []
+    elif mode == "refine":
+        previous = perturb(rng, truth)
+        shown = previous.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            click = corrective_click(shown, truth, np.ones(3))
+            if click is None:
+                break
+            point, is_include = click
+            (include if is_include else exclude).append(point.astype(float))
+            # the next click goes to the next error: count this one as corrected around the click
+            ball = np.zeros_like(truth)
+            ball[tuple(point)] = True
+            ball = ndimage.binary_dilation(ball, iterations=4)
+            shown = np.where(ball, truth, shown)
+    inputs = encode(cube, include, exclude, prompt_box, previous, sigma)
+    return inputs, truth.astype(np.float32)
+
+
+def _dice(probability: np.ndarray, truth: np.ndarray) -> float:
+    prediction = probability > 0.5
+    total = prediction.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * (prediction & (truth > 0.5)).sum() / total)
+
+
+def train_interactive(
+    output: Path, recipe: InteractiveRecipe | None = None, progress: Progress | None = None, cache: Path | None = None
+):
+    """Train by ``recipe`` (default: the shipped model's) and write the model folder ``output``; returns its card."""
+    import monai
+    import torch
+    from monai.losses import DiceLoss
+    from monai.networks.nets import UNet
+
+    from ..model_store import save_model
+
+    progress = progress or Progress()
+    recipe = recipe or InteractiveRecipe()
+    started = time.monotonic()
+    torch.manual_seed(recipe.seed)
+    progress.update(0.0, "Loading the real scans")
+    lesions, organs = load_sources(cache)
+    validation_rng = np.random.default_rng(recipe.seed + 1_000_003)
+    validation = [
+        make_sample(validation_rng, *draw_scene(validation_rng, recipe, lesions, organs), recipe.sigma_voxels)
+        for _ in range(recipe.validation_samples)
+    ]
+    rng = np.random.default_rng(recipe.seed)
+    network_args = {
+        "spatial_dims": 3,
+        "in_channels": CHANNELS,
+        "out_channels": 1,
+        "channels": list(recipe.channels),
+        "strides": [2] * (len(recipe.channels) - 1),
+        "num_res_units": recipe.residual_units,
+        "norm": "instance",
+    }
+    network = UNet(**network_args)
+    dice_loss, bce = DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.learning_rate, total_steps=recipe.iterations)
+    best: tuple[float, dict] = (-1.0, {})
+    curve, losses = [], []
+    for iteration in range(1, recipe.iterations + 1):
+        network.train()
+        samples = []
+        while len(samples) < recipe.batch:
+            image, target = draw_scene(rng, recipe, lesions, organs)
+            samples += [make_sample(rng, image, target, recipe.sigma_voxels) for _ in range(2)]
+        inputs = torch.from_numpy(np.stack([s[0] for s in samples[: recipe.batch]]))
+        targets = torch.from_numpy(np.stack([s[1] for s in samples[: recipe.batch]])[:, None])
+        optimiser.zero_grad()
+        logits = network(inputs)
+        loss = dice_loss(logits, targets) + bce(logits, targets)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        progress.update(iteration / recipe.iterations, f"Training: loss {np.mean(losses[-50:]):.3f}")
+        if iteration % recipe.validate_every == 0 or iteration == recipe.iterations:
+            network.eval()
+            with torch.inference_mode():
+                scores = [
+                    _dice(torch.sigmoid(network(torch.from_numpy(x[None])))[0, 0].numpy(), y) for x, y in validation
+                ]
+            score = float(np.mean(scores))
+            curve.append(
+                {"iteration": iteration, "loss": round(float(np.mean(losses[-50:])), 4), "dice": round(score, 4)}
+            )
+            if score > best[0]:
+                best = (score, {k: v.detach().clone() for k, v in network.state_dict().items()})
+    card = {
+        "name": output.name,
+        "version": "1.0.0",
+        "task": "interactive",
+        "modality": "CT and MRI",
+        "description": (
+            "Interactive segmentation: click inside an object (or draw a box) and refine with include and exclude "
+            "clicks; any object (lesion, organ, vessel). Demonstration model trained on synthetic objects and on "
+            "a few public scans; not for clinical use."
+        ),
+        "labels": [{"value": 1, "name": "object", "colour": [0.95, 0.75, 0.2]}],
+        "network": {"class": "UNet", "args": network_args},
+        "spacing": [1.0, 1.0, 1.0],
+        "orientation": "image",
+        "normalisation": {"kind": "interactive", "channels": "crop percentiles 0.5-99.5 and median/IQR"},
+        "roi_size": [SIZE] * 3,
+        "interactive": {**DEFAULTS, "crop": SIZE, "sigma_voxels": recipe.sigma_voxels},
+        "provenance": {
+            "recipe": asdict(recipe),
+            "command": f"ctdeepseg train-interactive -o {output} --seed {recipe.seed} --iterations {recipe.iterations}",
+            "data": {
+                "synthetic": "random label fields, blobs and tubes, randomised intensities, blur, bias, noise, slices",
+                "lesions drawn into": {name: weight for name, weight in LESION_SOURCES.items()},
+                "real structures of": {name: weight for name, weight in ORGAN_SOURCES.items()},
+                "never used": ["liver117", "ts_ct_dicom", "ts_mr", "the real lesions of lung2 and brain1"],
+            },
+            "software": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__},
+            "training_seconds": round(time.monotonic() - started, 1),
+        },
+        "validation": {"validation_scenes": {"dice": round(best[0], 4), "samples": recipe.validation_samples}},
+        "training_curve": curve,
+    }
+    return save_model(output, card, best[1])
