@@ -137,6 +137,13 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models: list = []
         self._detectors: list = []
         self._suggestedCaseName = ""
+        self._interactiveModels: list = []
+        self._clicks = None  # the engine session answering clicks (a child process that keeps the model loaded)
+        self._clickTicket: int | None = None
+        self._clickTarget = None
+        self._clickAgain = False
+        self._clickTimer = None
+        self._promptHistory: list = []  # (markups node, packed segment before that prompt), newest last
         VTKObservationMixin.__init__(self)
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -180,17 +187,26 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetune)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self._clickTimer = qt.QTimer()
+        self._clickTimer.setInterval(30)
+        self._clickTimer.connect("timeout()", self._pollClick)
+        self.ui.newSegmentButton.connect("clicked(bool)", self.onNewSegment)
+        self.ui.undoPromptButton.connect("clicked(bool)", self.onUndoPrompt)
+        self.ui.acceptButton.connect("clicked(bool)", self.onAcceptPrompts)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self._showProgress(False)
         self.refreshModels()
         self.initializeParameterNode()
+        self._setupPrompts()
 
     def cleanup(self) -> None:
-        """Module reload or application exit: stop polling, stop the child process, forget the parameter node."""
-        if self._timer is not None:
-            self._timer.stop()
+        """Module reload or application exit: stop polling, stop the child processes, forget the parameter node."""
+        for timer in (self._timer, self._clickTimer):
+            if timer is not None:
+                timer.stop()
         self._discardJob()
+        self._closeClicks()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -207,9 +223,11 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         # Results of work still running would land in the next scene: stop it and keep nothing.
         self._discardJob()
+        self._closeClicks()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._setupPrompts()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -410,6 +428,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         models = self.logic.availableModels()
         self._models = [card for card in models if card.get("task") == "segmentation"]
         self._detectors = [card for card in models if card.get("task") == "detection"]
+        self._interactiveModels = [card for card in models if card.get("task") == "interactive"]
         for comboBox, cards in ((self.ui.modelComboBox, self._models), (self.ui.detectorComboBox, self._detectors)):
             wasBlocked = comboBox.blockSignals(True)
             comboBox.clear()
@@ -657,6 +676,145 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.discardInterruptedFinetune(name)
             return False
         return None
+
+    # ------------------------------------------------------------------ interactive segmentation
+    def _setupPrompts(self) -> None:
+        """Give the place widgets the prompt markups nodes and watch them: each placed or moved prompt updates the
+        segment (the nodes are made anew after a scene is closed)."""
+        self._promptNodes = self.logic.promptNodes()
+        self._promptHistory = []
+        for widget, node in zip(
+            (self.ui.includePlaceWidget, self.ui.excludePlaceWidget, self.ui.boxPlaceWidget), self._promptNodes
+        ):
+            widget.setCurrentNode(node)
+            widget.buttonsVisible = True
+            widget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+            for event in (node.PointPositionDefinedEvent, node.PointEndInteractionEvent):
+                self.addObserver(node, event, self.onPromptPlaced)
+
+    def onPromptPlaced(self, node, event) -> None:
+        segmentationNode = self.ui.interactiveSegmentSelector.currentNode()
+        segmentId = self.ui.interactiveSegmentSelector.currentSegmentID()
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode is not None else None
+        if volumeNode is None or segmentationNode is None or not segmentId:
+            self.ui.interactiveStatusLabel.text = "Choose the input volume and a segment (or press New segment) first."
+            return
+        if event == node.PointPositionDefinedEvent:
+            from CTDeepSegLib.label_archive import pack_labels
+
+            before = pack_labels(self.logic.segmentMask(segmentationNode, segmentId, volumeNode))
+            self._promptHistory.append((node, before))
+        self._requestClick(volumeNode, segmentationNode, segmentId)
+
+    def _requestClick(self, volumeNode, segmentationNode, segmentId) -> None:
+        """Send the current prompts to the click session; while one is answered, the next waits (coalesced)."""
+        if self._clickTicket is not None:
+            self._clickAgain = True
+            return
+        if not self._interactiveModels:
+            self.ui.interactiveStatusLabel.text = (
+                "No interactive model found; train one with `ctdeepseg train-interactive`."
+            )
+            return
+        prompts = self.logic.promptsFromNodes(*self._promptNodes)
+        if not prompts.include and prompts.box is None:
+            return
+        if self._ensureDependencies() is None:
+            return
+        from CTDeepSegLib.background.session import EngineSession
+
+        try:
+            volume = self.logic.volumeFromNode(volumeNode)
+            volume.require_finite("input volume")
+            previous = self.logic.segmentMask(segmentationNode, segmentId, volumeNode)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self._clicks = self._clicks or EngineSession()
+        self._clickTicket = self._clicks.submit(
+            "click",
+            volume,
+            prompts,
+            model=str(self._interactiveModels[0].folder),
+            device=self._parameterNode.device,
+            previous=previous if previous.array.any() else None,
+        )
+        self._clickTarget = (segmentationNode, segmentId)
+        self.ui.interactiveStatusLabel.text = "Segmenting..."
+        self._clickTimer.start()
+
+    def _pollClick(self) -> None:
+        if self._clickTicket is None or not self._clicks.ready(self._clickTicket):
+            return
+        self._clickTimer.stop()
+        ticket, (segmentationNode, segmentId) = self._clickTicket, self._clickTarget
+        self._clickTicket = None
+        try:
+            result = self._clicks.result(ticket)
+        except EngineError as error:
+            logging.error(f"{error}\n{error.detail}")
+            slicer.util.errorDisplay(str(error), detailedText=error.detail)
+            return
+        except CTDeepSegError as error:
+            self.ui.interactiveStatusLabel.text = str(error)
+            return
+        if not self._stillInScene(segmentationNode):
+            return
+        self.logic.setSegmentMask(segmentationNode, segmentId, result.mask)
+        cubes = ", ".join(f"{spacing:.2f}" for spacing in result.spacings)
+        notes = " ".join(result.notes)
+        self.ui.interactiveStatusLabel.text = (
+            f"Updated in {result.seconds:.2f} s on {result.device} (cube {cubes} mm). {notes}"
+        )
+        if self._clickAgain:
+            self._clickAgain = False
+            volumeNode = self._parameterNode.inputVolume
+            if volumeNode is not None:
+                self._requestClick(volumeNode, segmentationNode, segmentId)
+
+    def _closeClicks(self) -> None:
+        if self._clicks is not None:
+            self._clicks.close()
+        self._clicks, self._clickTicket, self._clickAgain = None, None, False
+
+    def onNewSegment(self) -> None:
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode is not None else None
+        segmentationNode = self.ui.interactiveSegmentSelector.currentNode()
+        if volumeNode is None and segmentationNode is None:
+            slicer.util.errorDisplay("Choose an input volume first.")
+            return
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} objects"
+            )
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        segmentId = segmentation.AddEmptySegment("", f"object {segmentation.GetNumberOfSegments() + 1}")
+        self.ui.interactiveSegmentSelector.setCurrentNode(segmentationNode)
+        self.ui.interactiveSegmentSelector.setCurrentSegmentID(segmentId)
+
+    def onUndoPrompt(self) -> None:
+        """Take back the last placed prompt and restore the segment as it was before it."""
+        if not self._promptHistory:
+            return
+        from CTDeepSegLib.label_archive import unpack_labels
+
+        node, before = self._promptHistory.pop()
+        segmentationNode = self.ui.interactiveSegmentSelector.currentNode()
+        segmentId = self.ui.interactiveSegmentSelector.currentSegmentID()
+        if node.GetNumberOfControlPoints():
+            node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
+        if segmentationNode is not None and segmentId:
+            self.logic.setSegmentMask(segmentationNode, segmentId, unpack_labels(before))
+        self.ui.interactiveStatusLabel.text = "Took back the last prompt."
+
+    def onAcceptPrompts(self) -> None:
+        """Keep the segment, clear the prompts for the next object."""
+        for node in self._promptNodes:
+            node.RemoveAllControlPoints()
+        self._promptHistory = []
+        self.ui.interactiveStatusLabel.text = "Accepted; place prompts for the next object."
 
     def onCheckDependencies(self) -> None:
         installed = self._ensureDependencies(includeOptional=True)
@@ -997,6 +1155,103 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         for note in result.notes:
             logging.warning(note)
         return self.addFindings(result, volumeNode, lesions)
+
+    # ------------------------------------------------------------------ interactive segmentation
+    @staticmethod
+    def promptsFromRas(include: Sequence = (), exclude: Sequence = (), box=None):
+        """``Prompts`` from RAS points (as markups and the slice views give them) and a box: a markups ROI node,
+        or two opposite RAS corners."""
+        from CTDeepSegLib.interactive.prompts import Prompts, box_from_corners, ras_to_lps
+        from CTDeepSegLib.mrml_bridge import roi_node_to_box
+
+        if box is not None and hasattr(box, "GetObjectToNodeMatrix"):
+            box = roi_node_to_box(box)
+        elif box is not None:
+            box = box_from_corners(ras_to_lps(box[0]), ras_to_lps(box[1]))
+        return Prompts.from_ras(include, exclude, box)
+
+    @staticmethod
+    def promptNodes() -> tuple:
+        """The markups nodes the panel places prompts in: include points (green), exclude points (red) and a box
+        (yellow ROI); made on first use and found again by their role attribute."""
+        roles = (
+            ("include", "vtkMRMLMarkupsFiducialNode", (0.2, 0.9, 0.3)),
+            ("exclude", "vtkMRMLMarkupsFiducialNode", (0.95, 0.25, 0.2)),
+            ("box", "vtkMRMLMarkupsROINode", (0.95, 0.8, 0.2)),
+        )
+        nodes = []
+        for role, className, colour in roles:
+            found = [
+                node for node in slicer.util.getNodesByClass(className) if node.GetAttribute("CTDeepSeg.Prompt") == role
+            ]
+            node = found[0] if found else slicer.mrmlScene.AddNewNodeByClass(className, f"CTDeepSeg {role}")
+            if not found:
+                node.SetAttribute("CTDeepSeg.Prompt", role)
+                node.CreateDefaultDisplayNodes()
+                node.GetDisplayNode().SetSelectedColor(*colour)
+                node.GetDisplayNode().SetColor(*colour)
+            nodes.append(node)
+        return tuple(nodes)
+
+    def promptsFromNodes(self, includeNode, excludeNode, boxNode=None):
+        """The prompts placed in the markups nodes (defined points only; the box when it has been placed)."""
+
+        def points(node) -> list:
+            defined = []
+            for index in range(node.GetNumberOfControlPoints()):
+                if node.GetNthControlPointPositionStatus(index) == node.PositionDefined:
+                    position = [0.0, 0.0, 0.0]
+                    node.GetNthControlPointPositionWorld(index, position)
+                    defined.append(position)
+            return defined
+
+        placed = boxNode is not None and boxNode.GetControlPointPlacementComplete()
+        return self.promptsFromRas(points(includeNode), points(excludeNode), boxNode if placed else None)
+
+    @staticmethod
+    def segmentMask(segmentationNode, segmentId: str, volumeNode):
+        """One segment as a 0/1 engine ``Volume`` on the volume's grid."""
+        from CTDeepSegLib.mrml_bridge import segment_mask
+
+        return segment_mask(segmentationNode, segmentId, volumeNode)
+
+    @staticmethod
+    def setSegmentMask(segmentationNode, segmentId: str, mask) -> None:
+        """Replace one segment's voxels by a 0/1 engine ``Volume``; the other segments are untouched."""
+        from CTDeepSegLib.mrml_bridge import set_segment_mask
+
+        set_segment_mask(segmentationNode, segmentId, mask)
+
+    def clickSegment(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentId: str,
+        include: Sequence = (),
+        exclude: Sequence = (),
+        box=None,
+        model=None,
+        device: str = "auto",
+        refine: bool = True,
+    ):
+        """Segment the object the prompts point at into ``segmentId`` (blocking, in this process); returns the
+        engine's ``ClickResult`` (time, device, cube spacings).
+
+        Points are RAS (as Slicer shows them); ``box`` is a markups ROI node or two opposite RAS corners. With
+        ``refine`` the segment's current voxels are the previous result to correct (any segment: the model's,
+        one painted by hand, one loaded from a file)."""
+        from CTDeepSegLib.actions import click
+
+        volume = self.volumeFromNode(volumeNode)
+        volume.require_finite("input volume")
+        previous = self.segmentMask(segmentationNode, segmentId, volumeNode) if refine else None
+        if previous is not None and not previous.array.any():
+            previous = None
+        result = click(volume, self.promptsFromRas(include, exclude, box), model, device, previous)
+        for note in result.notes:
+            logging.warning(note)
+        self.setSegmentMask(segmentationNode, segmentId, result.mask)
+        return result
 
     # ------------------------------------------------------------------ training data
     @staticmethod

@@ -273,3 +273,23 @@ def lung_nodule_bundle(folder: Path, patch: tuple[int, int, int] = (32, 32, 16),
     if publish_hash:
         _publish_md5(folder)
     return folder
+
+
+def tiny_interactive_model(folder: Path, seed: int = 0):
+    """A saved interactive model (six input channels, one output) with random weights: for plumbing tests."""
+    from CTDeepSegLib.interactive.encoding import CHANNELS
+    from CTDeepSegLib.interactive.engine import DEFAULTS
+
+    torch.manual_seed(seed)
+    args = {**TINY_ARGS, "in_channels": CHANNELS, "out_channels": 1}
+    card = tiny_card(
+        name="tiny-interactive",
+        task="interactive",
+        modality="CT and MRI",
+        labels=[{"value": 1, "name": "object", "colour": [1.0, 0.8, 0.2]}],
+        network={"class": "UNet", "args": args},
+        spacing=[1.0, 1.0, 1.0],
+        roi_size=[32, 32, 32],
+        interactive={**DEFAULTS, "crop": 32},
+    )
+    return save_model(folder, card, UNet(**args).state_dict())

@@ -198,9 +198,19 @@ def check_python(source: str, filename: str, index_data: dict, ui_classes: dict[
             _check_util_call(index, node.attr, call, where, report)
         elif dotted and dotted.split(".")[0] in util_aliases and dotted.count(".") == 1:
             _check_util_call(index, node.attr, call, where, report)
+        elif dotted and dotted.startswith("slicer.q") and dotted.count(".") == 2:
+            cls, member = dotted.split(".")[1:]
+            info = index.qt.get(cls, {})
+            if not info.get("python", {}).get("class_registered"):
+                report(f"{where}: slicer.{cls} is not a Python-registered class")
+            elif member not in {c for constants in info.get("enums", {}).values() for c in constants}:
+                report(f"{where}: slicer.{cls}.{member} is not an enum constant")
         elif dotted and dotted.startswith("slicer.") and dotted.count(".") == 1:
             name = node.attr
-            if name.startswith("vtk"):
+            if name.startswith("q"):
+                if not index.qt.get(name, {}).get("python", {}).get("class_registered"):
+                    report(f"{where}: slicer.{name} is not a Python-registered class")
+            elif name.startswith("vtk"):
                 if name not in index.vtk:
                     report(f"{where}: slicer.{name} is not an indexed class")
                 elif call is not None and not index.vtk[name].get("has_New"):

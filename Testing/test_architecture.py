@@ -67,7 +67,15 @@ def test_every_widget_the_code_uses_exists_in_the_ui_file():
         for widget in ui.iter("widget")
         if widget.get("class") == "ctkCollapsibleButton"
     }
-    assert titles == {"Inputs", "Segmentation", "Detection", "Post-processing", "Evaluation", "Training data"}
+    assert titles == {
+        "Inputs",
+        "Segmentation",
+        "Interactive",
+        "Detection",
+        "Post-processing",
+        "Evaluation",
+        "Training data",
+    }
 
 
 def test_cmake_lists_every_script_and_resource_so_they_are_packaged():

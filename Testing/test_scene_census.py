@@ -17,7 +17,7 @@ import pytest
 
 from CTDeepSegLib import actions
 from CTDeepSegLib.phantom import LABEL_COLOURS, LABELS
-from model_fixtures import tiny_model
+from model_fixtures import tiny_interactive_model, tiny_model
 
 SMALL = {"shape": (24, 40, 40), "spacing": (6, 6, 8)}
 SUPPORT = ("vtkMRMLDisplayNode", "vtkMRMLStorageNode", "vtkMRMLSubjectHierarchyNode")
@@ -147,6 +147,28 @@ def _segment(scene, logic, tmp_path):
         logic.addSegmentation(_segmentation_result(logic, volumeNode), volumeNode)
     with census(scene, SEGMENTATION, TEXT):
         logic.segment(volumeNode, device="cpu")
+
+
+@scenario("promptNodes", "promptsFromNodes", "promptsFromRas", "segmentMask", "setSegmentMask", "clickSegment")
+def _interactive(scene, logic, tmp_path):
+    volumeNode, truthNode, lesions = logic.createPhantom(seed=1, **SMALL)
+    model = tiny_interactive_model(tmp_path / "tiny-interactive")
+    with census(scene, "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsROINode"):
+        include, exclude, box = logic.promptNodes()
+    with census(scene):
+        assert logic.promptNodes() == (include, exclude, box), "found again, not made twice"
+        centre = lesions[0].centre_lps_mm
+        include.AddControlPoint(-centre[0], -centre[1], centre[2])
+        prompts = logic.promptsFromNodes(include, exclude, box)
+        np.testing.assert_allclose(prompts.include[0], centre, atol=1e-6)
+        assert prompts.box is None and logic.promptsFromRas([[1, 2, 3]]).include[0].tolist() == [-1, -2, 3]
+        segmentId = truthNode.GetSegmentation().GetNthSegmentID(3)
+        mask = logic.segmentMask(truthNode, segmentId, volumeNode)
+        logic.setSegmentMask(truthNode, segmentId, mask)
+        result = logic.clickSegment(
+            volumeNode, truthNode, segmentId, include=[[-centre[0], -centre[1], centre[2]]], model=str(model.folder)
+        )
+        np.testing.assert_array_equal(logic.segmentMask(truthNode, segmentId, volumeNode).array, result.mask.array)
 
 
 @scenario("addFindings", "detect")

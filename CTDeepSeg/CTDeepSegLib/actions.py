@@ -104,6 +104,34 @@ def export_pair(*args: Any, progress: Progress | None = None, **kwargs: Any):
     return export(*args, **kwargs)
 
 
+_INTERACTIVE: dict[tuple[str, float], Any] = {}  # (folder, weights mtime) -> (card, network), kept by a session
+
+
+def click(
+    volume: Volume,
+    prompts,
+    model: str | Path | None = None,
+    device: str = "auto",
+    previous: Volume | None = None,
+    progress: Progress | None = None,
+):
+    """One interactive click (``interactive.engine.segment_click``); returns a ``ClickResult``. The model stays
+    loaded between calls, so a persistent child process (``background.session``) answers in well under a second."""
+    from .interactive.engine import segment_click
+    from .model_store import open_model, resolve_model
+
+    folder = resolve_model(model or "ctdeepseg-interactive")
+    key = (
+        str(folder),
+        (folder / "model.safetensors").stat().st_mtime if (folder / "model.safetensors").exists() else 0,
+    )
+    if key not in _INTERACTIVE:
+        _INTERACTIVE.clear()
+        _INTERACTIVE[key] = open_model(folder, task="interactive")
+    card, network = _INTERACTIVE[key]
+    return segment_click(volume, prompts, card, network, device, previous)
+
+
 def finetune(
     dataset: str | Path,
     model: str | Path | None = None,
@@ -127,5 +155,5 @@ GRACE_S = {"finetune": 120.0}
 
 ACTIONS = {
     function.__name__: function
-    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, finetune)
+    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, click, finetune)
 }

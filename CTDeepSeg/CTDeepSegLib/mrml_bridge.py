@@ -206,6 +206,28 @@ def segmentation_to_labels(
         raise CTDeepSegError(
             f"Two segments of '{segmentation_node.GetName()}' share a label value; give each its own value."
         )
+    return _merged_labels(segmentation_node, reference_node, label_of)
+
+
+def segment_mask(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode", segment_id: str, reference_node: "slicer.vtkMRMLVolumeNode"
+) -> Volume:
+    """One segment as a 0/1 ``Volume`` on ``reference_node``'s grid."""
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise CTDeepSegError(f"Segmentation '{segmentation_node.GetName()}' has no segment {segment_id!r}.")
+    return _merged_labels(segmentation_node, reference_node, {segment_id: 1})
+
+
+def set_segment_mask(segmentation_node: "slicer.vtkMRMLSegmentationNode", segment_id: str, mask: Volume) -> None:
+    """Replace one segment's voxels by ``mask > 0`` (the other segments are untouched)."""
+    _write_segments(segmentation_node, mask.with_array((mask.array > 0).astype(np.uint8)), {1: segment_id})
+
+
+def _merged_labels(
+    segmentation_node: "slicer.vtkMRMLSegmentationNode",
+    reference_node: "slicer.vtkMRMLVolumeNode",
+    label_of: Mapping[str, int],
+) -> Volume:
     reference = volume_from_node(reference_node)
     if not label_of:
         return reference.with_array(np.zeros(reference.shape, dtype=np.uint8))

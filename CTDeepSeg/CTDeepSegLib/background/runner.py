@@ -70,6 +70,49 @@ def _exit_reason(returncode: int) -> str:
     return f"stopped with exit status {returncode} (0x{returncode & 0xFFFFFFFF:08X}) and no result"
 
 
+def read_outcome(folder: Path, name: str) -> Any:
+    """The value the child wrote as ``<name>.json``, or the error it wrote as ``error-<name>.json`` raised as
+    ``CancelledError``, ``CTDeepSegError`` (the engine's own message) or ``EngineError`` (a bug, with details)."""
+    error_file = folder / f"error-{name}.json"
+    if error_file.is_file():
+        error = json.loads(error_file.read_text())
+        if error["kind"] == "cancelled":
+            raise CancelledError(error["message"])
+        if error["kind"] == "error":
+            raise CTDeepSegError(error["message"])
+        raise EngineError(f"The engine failed: {error['message']}", error["detail"])
+    return transfer.load(folder, name)
+
+
+def child_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """``env`` (default this process's) with the engine importable in the child."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def launch(python: str | None, env: dict[str, str] | None, folder: Path, *arguments: str) -> subprocess.Popen:
+    """Start the worker in ``folder`` (its output into ``folder/log.txt``), hidden and detached from stdin."""
+    with open(folder / "log.txt", "wb") as log:
+        return subprocess.Popen(
+            [python or engine_python(), "-m", "CTDeepSegLib.background.worker", *arguments],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_environment(env),
+            cwd=str(folder),
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
+        )
+
+
+def crash_message(returncode: int, seconds: float, doing: str) -> str:
+    return (
+        f"The engine process {_exit_reason(returncode)} after {seconds:.0f} s while {doing}; Slicer itself is "
+        "unaffected and nothing was added. Try again with device 'cpu' or on a smaller volume, and see the details "
+        "for its last output."
+    )
+
+
 class EngineProcess:
     """One engine action (``actions.ACTIONS[action](*args, **kwargs)``) running in a child process."""
 
@@ -99,25 +142,10 @@ class EngineProcess:
         self._cancelled_at: float | None = None
 
     def start(self) -> EngineProcess:
-        python = self._python or engine_python()
         self.folder = Path(tempfile.mkdtemp(prefix="ctdeepseg-", dir=self._workdir))
         try:
             transfer.dump(self._request, self.folder, "request")
-            env = dict(os.environ if self._env is None else self._env)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_ROOT), env.get("PYTHONPATH", "")) if p)
-            log = open(self.folder / "log.txt", "wb")
-            try:
-                self._process = subprocess.Popen(
-                    [python, "-m", "CTDeepSegLib.background.worker", str(self.folder)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=str(self.folder),
-                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
-                )
-            finally:
-                log.close()
+            self._process = launch(self._python, self._env, self.folder, str(self.folder))
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
@@ -194,26 +222,13 @@ class EngineProcess:
             self.discard()
 
     def _outcome(self) -> Any:
-        returncode = self._process.returncode
-        if returncode == EXIT_OK and transfer.exists(self.folder, "result"):
-            return transfer.load(self.folder, "result")
-        error_file = self.folder / "error.json"
-        if error_file.is_file():
-            error = json.loads(error_file.read_text())
-            if error["kind"] == "cancelled":
-                raise CancelledError(error["message"])
-            if error["kind"] == "error":
-                raise CTDeepSegError(error["message"])
-            raise EngineError(f"The engine failed: {error['message']}", error["detail"])
+        if self._process.returncode == EXIT_OK or (self.folder / "error-result.json").is_file():
+            return read_outcome(self.folder, "result")
         if self._cancelled_at is not None:
             raise CancelledError("Cancelled by the user; nothing was written.")
         elapsed = time.monotonic() - self._started
-        raise EngineError(
-            f"The engine process {_exit_reason(returncode)} after {elapsed:.0f} s while running '{self.action}'; "
-            "Slicer itself is unaffected and nothing was added. Try again with device 'cpu' or on a smaller "
-            "volume, and see the details for its last output.",
-            self.output(),
-        )
+        doing = f"running '{self.action}'"
+        raise EngineError(crash_message(self._process.returncode, elapsed, doing), self.output())
 
     def discard(self) -> None:
         """Stop the child if it still runs and remove the task folder (nothing is left behind)."""

@@ -28,6 +28,8 @@ _DATACLASSES = {
     "DetectionResult": ("detector", "DetectionResult"),
     "Change": ("postprocess", "Change"),
     "ExportResult": ("training_data", "ExportResult"),
+    "Prompts": ("interactive.prompts", "Prompts"),
+    "ClickResult": ("interactive.engine", "ClickResult"),
 }
 
 
