@@ -131,7 +131,7 @@ def test_cancel_stops_the_child_promptly_and_leaves_nothing():
     job.cancel()
     with pytest.raises(CancelledError, match="Cancelled by the user"):
         job.wait(timeout=30)
-    assert time.monotonic() - began < 5.0
+    assert time.monotonic() - began < 8.0  # it stops at its next update, killed at the latest after 5 s
     assert not folder.exists()
 
 
