@@ -1,10 +1,12 @@
 """The network's input on a crop: two views of the image and four prompt channels.
 
-Image: the same cube twice, (1) scaled between its 0.5th and 99.5th percentiles and (2) centred on its median
-and scaled by its interquartile range, clipped to +-3. Both are independent of the scanner's units, so one model
-serves CT and MRI; the second keeps low contrasts (a liver tumour beside liver) visible when air or bone fill the
-first one's range. Prompts: include and exclude points as Gaussian blobs (``sigma`` voxels), the box as a filled
-cuboid, the previous mask as 0/1.
+Image: the same cube twice, (1) scaled between its 0.5th and 99.5th percentiles, and (2) centred on the
+intensity of what the user pointed at (the median around the include points, else in the middle of the box, else
+inside the previous mask) and scaled by the cube's interquartile range, clipped to +-3. Both are independent of
+the scanner's units, so one model serves CT and MRI; the second says directly which voxels look like the clicked
+tissue, and keeps low contrasts (a liver tumour beside liver) visible when air or bone fill the first one's
+range. Prompts: include and exclude points as Gaussian blobs (``sigma`` voxels), the box as a filled cuboid, the
+previous mask as 0/1.
 """
 
 from __future__ import annotations
@@ -16,12 +18,40 @@ import numpy as np
 CHANNELS = 6  # image (range), image (interquartile), include, exclude, box, previous mask
 
 
-def normalise(cube: np.ndarray) -> np.ndarray:
-    """The two image channels (2, n, n, n) of a cube of raw intensities."""
+def reference_intensity(
+    cube: np.ndarray,
+    include: Sequence[np.ndarray],
+    box: tuple[np.ndarray, np.ndarray] | None,
+    previous: np.ndarray | None,
+) -> float:
+    """The intensity of what the prompts point at: around the include points (5^3 voxels each), else the middle
+    third of the box, else inside the previous mask, else the cube's median."""
+    size = cube.shape[0]
+    values = []
+    for point in include:
+        centre = np.round(point).astype(int)
+        if np.all((centre >= 0) & (centre < size)):
+            low, high = np.clip(centre - 2, 0, size), np.clip(centre + 3, 0, size)
+            values.append(cube[low[0] : high[0], low[1] : high[1], low[2] : high[2]].ravel())
+    if values:
+        return float(np.median(np.concatenate(values)))
+    if box is not None:
+        third = (np.asarray(box[1]) - np.asarray(box[0])) / 3
+        low = np.clip(np.round(np.asarray(box[0]) + third).astype(int), 0, size - 1)
+        high = np.clip(np.round(np.asarray(box[1]) - third).astype(int) + 1, low + 1, size)
+        return float(np.median(cube[low[0] : high[0], low[1] : high[1], low[2] : high[2]]))
+    if previous is not None and (previous > 0.5).any():
+        return float(np.median(cube[previous > 0.5]))
+    return float(np.median(cube))
+
+
+def normalise(cube: np.ndarray, reference: float | None = None) -> np.ndarray:
+    """The two image channels (2, n, n, n) of a cube of raw intensities (``reference``: see the module doc)."""
     low, q1, median, q3, high = np.percentile(cube, [0.5, 25, 50, 75, 99.5])
     ranged = np.clip((cube - low) / max(high - low, 1e-6), 0.0, 1.0)
     spread = q3 - q1 if q3 - q1 > 1e-6 else max(high - low, 1e-6) / 4
-    centred = np.clip((cube - median) / spread, -3.0, 3.0) / 3.0
+    centre = median if reference is None else reference
+    centred = np.clip((cube - centre) / spread, -3.0, 3.0) / 3.0
     return np.stack([ranged, centred]).astype(np.float32)
 
 
@@ -56,7 +86,7 @@ def encode(
     """The network input (CHANNELS, n, n, n) for a cube and prompts in crop indices (k, j, i)."""
     size = cube.shape[0]
     channels = [
-        *normalise(cube),
+        *normalise(cube, reference_intensity(cube, include, box, previous)),
         point_map(include, size, sigma),
         point_map(exclude, size, sigma),
         box_map(*(box if box is not None else (None, None)), size),

@@ -107,7 +107,7 @@ def synthetic_scene(rng: np.random.Generator, size: int = CONTEXT) -> tuple[np.n
     means = rng.uniform(0, 1, classes)
     image = means[labels] + rng.normal(0, 1, shape) * rng.uniform(0, 0.04, classes)[labels]
     centre = np.array(shape, dtype=np.float32) / 2 + rng.normal(0, size / 12, 3)
-    scale = size * np.exp(rng.uniform(np.log(0.04), np.log(0.4)))
+    scale = size * np.exp(rng.uniform(np.log(0.04), np.log(0.7)))  # up to larger than the network's cube
     target = tube(rng, shape, centre, scale * 2) if rng.uniform() < 0.25 else blob(rng, shape, centre, scale)
     if target.sum() < 8:
         target = blob(rng, shape, np.array(shape, dtype=np.float32) / 2, max(scale, 3.0))
@@ -198,7 +198,8 @@ def organ_scene(rng: np.random.Generator, source: RealSource) -> tuple[np.ndarra
     extent = float(np.max(np.abs(np.diff(source.image.index_to_physical(ends), axis=0)))) + 2 * np.min(
         source.image.spacing
     )
-    spacing = _spacing(source, extent, float(np.exp(rng.uniform(np.log(0.25), np.log(1.3)))))
+    # from an organ in a small part of the cube to the cube well inside a large organ (a first click on a liver)
+    spacing = _spacing(source, extent, float(np.exp(rng.uniform(np.log(0.25), np.log(4.0)))))
     click = farthest_interior_point(piece, source.image.spacing[::-1])
     centre_index = click if rng.uniform() < 0.5 else np.array([(s.start + s.stop - 1) / 2 for s in box])
     point = source.image.index_to_physical(np.asarray(centre_index, dtype=float)[::-1])

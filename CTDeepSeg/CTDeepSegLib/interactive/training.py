@@ -37,7 +37,7 @@ ORGAN_SOURCES = {"ts_ct": 0.7, "ts_cta": 0.3}
 @dataclass(frozen=True)
 class InteractiveRecipe:
     seed: int = 0
-    iterations: int = 4000
+    iterations: int = 8000
     batch: int = 4
     learning_rate: float = 2e-3
     validate_every: int = 250
@@ -46,6 +46,7 @@ class InteractiveRecipe:
     residual_units: int = 1
     mix: tuple[float, float, float] = (0.4, 0.35, 0.25)  # synthetic, lesion in a real scan, real organ
     sigma_voxels: float = 2.0
+    prompt_dropout: float = 0.4  # share of samples whose points are hidden: the object must be seen in the image
 
 
 def load_sources(cache: Path | None = None) -> tuple[dict[str, RealSource], dict[str, RealSource]]:
@@ -86,9 +87,10 @@ def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dic
 
 
 def _interior_point(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """A point deep inside the mask: among the voxels at least 70 % as deep as the deepest (simulated jitter)."""
+    """A point well inside the mask: among the voxels at least 40 % as deep as the deepest (a user's click is
+    near the middle, not exactly at it)."""
     depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-    candidates = np.argwhere(depth >= 0.7 * depth.max())
+    candidates = np.argwhere(depth >= 0.4 * depth.max())
     return candidates[rng.integers(len(candidates))].astype(float)
 
 
@@ -119,20 +121,20 @@ def perturb(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
 
 
 def make_sample(
-    rng: np.random.Generator, image: np.ndarray, target: np.ndarray, sigma: float
+    rng: np.random.Generator, image: np.ndarray, target: np.ndarray, sigma: float, dropout: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(network input, target) of one training sample from a context scene, prompted as a user would."""
     first = _interior_point(rng, target)
     box = bounding_box(target)
     middle = np.array([(s.start + s.stop - 1) / 2 for s in box])
-    mode = rng.choice(["click", "box", "refine"], p=[0.4, 0.2, 0.4])
+    mode = rng.choice(["click", "box", "refine"], p=[0.5, 0.2, 0.3])
     centre = first if mode == "click" and rng.uniform() < 0.5 else middle
     low = np.round(centre + rng.normal(0, 1.5, 3) - (SIZE - 1) / 2).astype(int)
     low = np.clip(low, 0, CONTEXT - SIZE)
     window = tuple(slice(a, a + SIZE) for a in low)
     cube, truth = image[window], target[window]
     if not truth.any():
-        return make_sample(rng, image, target, sigma)
+        return make_sample(rng, image, target, sigma, dropout)
     first = first - low if np.all((first - low >= 0) & (first - low < SIZE)) else _interior_point(rng, truth)
     include, exclude, prompt_box, previous = [first], [], None, None
     if mode == "click" and rng.uniform() < 0.2:
@@ -159,6 +161,10 @@ def make_sample(
             ball = ndimage.binary_dilation(ball, iterations=4)
             shown = np.where(ball, truth, shown)
     inputs = encode(cube, include, exclude, prompt_box, previous, sigma)
+    if rng.uniform() < dropout:
+        # The cube is centred on the object as at inference; without its points the network has to find the object
+        # in the image, which keeps it from learning "a blob of the usual size around the click" and stopping there.
+        inputs[2:4] = 0.0
     return inputs, truth.astype(np.float32)
 
 
@@ -203,7 +209,9 @@ def train_interactive(
     network = UNet(**network_args)
     dice_loss, bce = DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
     optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=1e-5)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, recipe.learning_rate, total_steps=recipe.iterations)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, recipe.learning_rate, total_steps=recipe.iterations, pct_start=0.1
+    )
     best: tuple[float, dict] = (-1.0, {})
     curve, losses = [], []
     for iteration in range(1, recipe.iterations + 1):
@@ -211,7 +219,7 @@ def train_interactive(
         samples = []
         while len(samples) < recipe.batch:
             image, target = draw_scene(rng, recipe, lesions, organs)
-            samples += [make_sample(rng, image, target, recipe.sigma_voxels) for _ in range(2)]
+            samples += [make_sample(rng, image, target, recipe.sigma_voxels, recipe.prompt_dropout) for _ in range(2)]
         inputs = torch.from_numpy(np.stack([s[0] for s in samples[: recipe.batch]]))
         targets = torch.from_numpy(np.stack([s[1] for s in samples[: recipe.batch]])[:, None])
         optimiser.zero_grad()
