@@ -1,0 +1,78 @@
+"""The interactive model's recipe: which data it may use, scenes that keep away from the evaluation lesions,
+samples prompted as a user would, and a short run of the real recipe writing a loadable model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from CTDeepSegLib.interactive import synthesis
+from CTDeepSegLib.interactive.encoding import CHANNELS
+from CTDeepSegLib.interactive.training import (
+    LESION_SOURCES,
+    ORGAN_SOURCES,
+    InteractiveRecipe,
+    load_sources,
+    make_sample,
+    train_interactive,
+)
+from CTDeepSegLib.model_store import open_model
+from CTDeepSegLib.real_cases import CASES
+
+
+def test_the_recipe_uses_only_cases_it_may_train_on():
+    used = set(LESION_SOURCES) | set(ORGAN_SOURCES)
+    assert used == {"lung2", "brain1", "ts_ct", "ts_cta"}
+    assert all(CASES[name].training_allowed for name in used)
+    assert not used & {"liver117", "ts_ct_dicom", "ts_mr"}
+
+
+@pytest.mark.realdata
+def test_lesion_scenes_never_come_near_the_real_lesions_kept_for_evaluation(monkeypatch):
+    lesions, _ = load_sources()
+    cubes = []
+
+    class RecordedCrop(synthesis.Crop):
+        def __init__(self, centre, spacing, size):
+            cubes.append((np.asarray(centre), spacing, size))
+            super().__init__(centre, spacing, size)
+
+    monkeypatch.setattr(synthesis, "Crop", RecordedCrop)
+    rng = np.random.default_rng(0)
+    for name in ("lung2", "brain1"):
+        source, cubes[:] = lesions[name], []
+        drawn = sum(synthesis.lesion_scene(rng, source) is not None for _ in range(12))
+        assert drawn >= 6 and cubes
+        for centre, spacing, size in cubes:
+            nearest = np.min(np.linalg.norm(source.avoid - centre, axis=1))
+            assert nearest > source.avoid_mm + spacing * size * np.sqrt(3) / 2, (name, nearest)
+
+
+def test_samples_are_prompted_as_a_user_would():
+    rng = np.random.default_rng(1)
+    kinds = {"click": 0, "box": 0, "refine": 0, "hidden": 0}
+    for _ in range(40):
+        image, target = synthesis.synthetic_scene(rng)
+        inputs, truth = make_sample(rng, image, target, 2.0, dropout=0.4)
+        assert inputs.shape == (CHANNELS, synthesis.SIZE, synthesis.SIZE, synthesis.SIZE) and truth.any()
+        assert inputs.dtype == np.float32 and truth.shape == inputs.shape[1:]
+        if inputs[5].any():
+            kinds["refine"] += 1
+        elif inputs[4].any():
+            kinds["box"] += 1
+        elif inputs[2].any():
+            peak = np.unravel_index(np.argmax(inputs[2]), truth.shape)
+            assert truth[peak], "an include click lies inside the object"
+            kinds["click"] += 1
+        else:
+            kinds["hidden"] += 1
+    assert all(count > 0 for count in kinds.values()), kinds
+
+
+@pytest.mark.realdata
+def test_a_short_run_of_the_recipe_writes_a_model_that_loads(tmp_path):
+    recipe = InteractiveRecipe(iterations=4, batch=2, validate_every=2, validation_samples=2)
+    card = train_interactive(tmp_path / "short", recipe)
+    loaded, network = open_model(card.folder, task="interactive")
+    assert loaded["network"]["args"]["in_channels"] == CHANNELS and len(loaded["training_curve"]) == 2
+    assert {"liver117", "ts_ct_dicom", "ts_mr"} <= set(loaded["provenance"]["data"]["never used"])
