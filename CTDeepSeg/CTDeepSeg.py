@@ -552,9 +552,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or detector is None:
             slicer.util.errorDisplay("Choose an input volume and a detector first.")
             return
-        segmenter = self._chosen(self._models, parameters.model) if parameters.segmentLesions else None
-        if parameters.segmentLesions and segmenter is None:
-            slicer.util.errorDisplay("Choose a segmentation model (Segmentation section) to segment each lesion.")
+        if parameters.segmentLesions and not self._interactiveModels:
+            slicer.util.errorDisplay("Segmenting each lesion needs an interactive model; none was found.")
             return
         volume = self._inferenceInput(volumeNode)
         if volume is None:
@@ -573,7 +572,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "device": parameters.device,
             "threshold": parameters.threshold,
             "segment_lesions": parameters.segmentLesions,
-            "segmenter": str(segmenter.folder) if segmenter is not None else None,
+            "segmenter": str(self._interactiveModels[0].folder) if parameters.segmentLesions else None,
         }
         self.runInBackground("Detecting...", "detect", (volume,), kwargs, onDone=show)
 
@@ -1146,7 +1145,10 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         segmenter=None,
         progress: Progress | None = None,
     ):
-        """Find lesions in a volume node: (ROI nodes, findings table node, lesion segmentation node or None)."""
+        """Find lesions in a volume node: (ROI nodes, findings table node, lesion segmentation node or None).
+
+        With ``segmentLesions`` each finding's box prompts the interactive model (``segmenter``: its name or folder,
+        default ``ctdeepseg-interactive``), one segment per finding."""
         from CTDeepSegLib.actions import detect
 
         result, lesions = detect(

@@ -54,7 +54,8 @@ def detect(
     progress: Progress | None = None,
 ):
     """Find lesions: a ``detector.DetectionResult`` and, with ``segment_lesions``, a label volume where finding
-    n is value n (the segmenter run inside each box), else None."""
+    n is value n (the interactive model ``segmenter``, default ``ctdeepseg-interactive``, prompted with each
+    finding's box), else None."""
     from .detect_segment import segment_findings
     from .detector import detect_volume
     from .model_store import open_model
@@ -65,7 +66,7 @@ def detect(
     result = detect_volume(volume, card, network, device, threshold, progress=progress.step(0.0, 0.6))
     lesions = None
     if segment_lesions and result.findings:
-        segmenter_card, segmenter_network = open_model(segmenter, task="segmentation")
+        segmenter_card, segmenter_network = open_model(segmenter or "ctdeepseg-interactive", task="interactive")
         lesions = segment_findings(
             volume, result.findings, segmenter_card, segmenter_network, device, progress=progress.step(0.6, 1.0)
         )

@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_int.add_argument("-o", "--output", required=True, help="new model folder")
     train_int.add_argument("--seed", type=int, default=0)
-    train_int.add_argument("--iterations", type=int, default=8000)
+    train_int.add_argument("--iterations", type=int, default=4500)
     train_int.set_defaults(handler=command_train_interactive)
 
     evaluate = commands.add_parser(

@@ -26,7 +26,7 @@ DEFAULTS = {
     "crop": 64,
     "sigma_voxels": 2.0,
     "fraction": 0.6,
-    "default_fov_mm": 64.0,
+    "default_fov_mm": 40.0,
     "growth": 1.8,
     "max_growth": 2,
     "min_spacing_mm": 0.4,

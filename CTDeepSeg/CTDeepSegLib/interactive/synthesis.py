@@ -107,7 +107,7 @@ def synthetic_scene(rng: np.random.Generator, size: int = CONTEXT) -> tuple[np.n
     means = rng.uniform(0, 1, classes)
     image = means[labels] + rng.normal(0, 1, shape) * rng.uniform(0, 0.04, classes)[labels]
     centre = np.array(shape, dtype=np.float32) / 2 + rng.normal(0, size / 12, 3)
-    scale = size * np.exp(rng.uniform(np.log(0.04), np.log(0.7)))  # up to larger than the network's cube
+    scale = size * np.exp(rng.uniform(np.log(0.08), np.log(0.7)))  # up to larger than the network's cube
     target = tube(rng, shape, centre, scale * 2) if rng.uniform() < 0.25 else blob(rng, shape, centre, scale)
     if target.sum() < 8:
         target = blob(rng, shape, np.array(shape, dtype=np.float32) / 2, max(scale, 3.0))
@@ -158,7 +158,7 @@ def _spacing(source: RealSource, extent_mm: float, fraction: float) -> float:
 def lesion_scene(rng: np.random.Generator, source: RealSource) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(image, object, spacing) with a lesion drawn into a cube of a real scan; None when no place was found."""
     diameter = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
-    spacing = _spacing(source, diameter, rng.uniform(0.2, 0.75))
+    spacing = _spacing(source, diameter, rng.uniform(0.3, 0.85))
     for _ in range(20):
         index = source.tissue[rng.integers(len(source.tissue))][::-1].astype(float)
         point = source.image.index_to_physical(index)
@@ -175,10 +175,10 @@ def lesion_scene(rng: np.random.Generator, source: RealSource) -> tuple[np.ndarr
     local = float(np.median(cube[rim]))
     spread = float(np.subtract(*np.percentile(cube, [75, 25]))) or 1.0
     if source.modality == "CT":
-        value = rng.uniform(-200, 80) if local < -500 else local + rng.choice([-1, 1]) * rng.uniform(15, 150)
+        value = rng.uniform(-200, 80) if local < -500 else local + rng.choice([-1, 1]) * rng.uniform(25, 150)
         noise = rng.uniform(5, 25)
     else:
-        value = local + rng.choice([-1, 1]) * rng.uniform(0.2, 1.5) * spread
+        value = local + rng.choice([-1, 1]) * rng.uniform(0.3, 1.5) * spread
         noise = rng.uniform(0.02, 0.1) * spread
     lesion = value + noise * ndimage.gaussian_filter(rng.normal(0, 1, cube.shape), 1.0) * 2
     weight = ndimage.gaussian_filter(target.astype(np.float32), rng.uniform(0.4, 1.0))

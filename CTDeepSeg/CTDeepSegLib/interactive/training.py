@@ -14,6 +14,7 @@ TotalSegmentator DICOM series and its labels (reserved for independent evaluatio
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import CTDeepSegError
 from ..jobs import Progress
 from ..metrics import bounding_box
 from .encoding import CHANNELS, encode
@@ -37,7 +39,7 @@ ORGAN_SOURCES = {"ts_ct": 0.7, "ts_cta": 0.3}
 @dataclass(frozen=True)
 class InteractiveRecipe:
     seed: int = 0
-    iterations: int = 8000
+    iterations: int = 4500
     batch: int = 4
     learning_rate: float = 2e-3
     validate_every: int = 250
@@ -178,17 +180,21 @@ def train_interactive(
     output: Path, recipe: InteractiveRecipe | None = None, progress: Progress | None = None, cache: Path | None = None
 ):
     """Train by ``recipe`` (default: the shipped model's) and write the model folder ``output``; returns its card."""
-    import monai
     import torch
     from monai.losses import DiceLoss
     from monai.networks.nets import UNet
 
     from ..model_store import save_model
 
+    output = Path(output)
+    if output.exists():
+        raise CTDeepSegError(f"{output}: already exists; choose another model folder.")
     progress = progress or Progress()
     recipe = recipe or InteractiveRecipe()
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
+    # one core is left to the process that draws the scenes (two processes fighting over every core cost more)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     progress.update(0.0, "Loading the real scans")
     lesions, organs = load_sources(cache)
     validation_rng = np.random.default_rng(recipe.seed + 1_000_003)
@@ -196,7 +202,6 @@ def train_interactive(
         make_sample(validation_rng, *draw_scene(validation_rng, recipe, lesions, organs), recipe.sigma_voxels)
         for _ in range(recipe.validation_samples)
     ]
-    rng = np.random.default_rng(recipe.seed)
     network_args = {
         "spatial_dims": 3,
         "in_channels": CHANNELS,
@@ -214,14 +219,9 @@ def train_interactive(
     )
     best: tuple[float, dict] = (-1.0, {})
     curve, losses = [], []
-    for iteration in range(1, recipe.iterations + 1):
+    batches = _batches(recipe, lesions, organs)
+    for iteration, (inputs, targets) in zip(range(1, recipe.iterations + 1), batches):
         network.train()
-        samples = []
-        while len(samples) < recipe.batch:
-            image, target = draw_scene(rng, recipe, lesions, organs)
-            samples += [make_sample(rng, image, target, recipe.sigma_voxels, recipe.prompt_dropout) for _ in range(2)]
-        inputs = torch.from_numpy(np.stack([s[0] for s in samples[: recipe.batch]]))
-        targets = torch.from_numpy(np.stack([s[1] for s in samples[: recipe.batch]])[:, None])
         optimiser.zero_grad()
         logits = network(inputs)
         loss = dice_loss(logits, targets) + bce(logits, targets)
@@ -242,7 +242,56 @@ def train_interactive(
             )
             if score > best[0]:
                 best = (score, {k: v.detach().clone() for k, v in network.state_dict().items()})
-    card = {
+                if iteration < recipe.iterations:  # an interrupted run still leaves its best model so far
+                    card = _card(output, recipe, network_args, best[0], curve, started, finished=False)
+                    save_model(output, card, best[1], overwrite=True)
+    card = _card(output, recipe, network_args, best[0], curve, started, finished=True)
+    return save_model(output, card, best[1], overwrite=True)
+
+
+class _Scenes:
+    """Endless training batches of the recipe, drawn from its seed (an iterable dataset for a DataLoader worker)."""
+
+    def __init__(self, recipe: InteractiveRecipe, lesions: dict, organs: dict) -> None:
+        self.recipe, self.lesions, self.organs = recipe, lesions, organs
+
+    def __iter__(self):
+        import torch
+
+        recipe, rng = self.recipe, np.random.default_rng(self.recipe.seed)
+        while True:
+            samples = []
+            while len(samples) < recipe.batch:
+                image, target = draw_scene(rng, recipe, self.lesions, self.organs)
+                samples += [make_sample(rng, image, target, recipe.sigma_voxels, recipe.prompt_dropout) for _ in (0, 1)]
+            inputs = np.stack([s[0] for s in samples[: recipe.batch]])
+            targets = np.stack([s[1] for s in samples[: recipe.batch]])[:, None]
+            yield torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def _batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
+    """Training batches, made in a second process while the network learns from the previous ones (on two cores
+    drawing the scenes costs as much time as the network's step). One worker, seeded by the recipe: reproducible."""
+    import torch
+
+    dataset = type("Scenes", (_Scenes, torch.utils.data.IterableDataset), {})(recipe, lesions, organs)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4)
+
+
+def _card(
+    output: Path,
+    recipe: InteractiveRecipe,
+    network_args: dict,
+    score: float,
+    curve: list,
+    started: float,
+    finished: bool,
+) -> dict:
+    """The model card of a (finished or interrupted) training run."""
+    import monai
+    import torch
+
+    return {
         "name": output.name,
         "version": "1.0.0",
         "task": "interactive",
@@ -270,8 +319,8 @@ def train_interactive(
             },
             "software": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__},
             "training_seconds": round(time.monotonic() - started, 1),
+            "finished": finished,
         },
-        "validation": {"validation_scenes": {"dice": round(best[0], 4), "samples": recipe.validation_samples}},
+        "validation": {"validation_scenes": {"dice": round(score, 4), "samples": recipe.validation_samples}},
         "training_curve": curve,
     }
-    return save_model(output, card, best[1])
