@@ -106,12 +106,11 @@ def test_the_logic_clicks_into_a_segment_of_real_mrml_nodes(scene, ctdeepseg_mod
 @pytest.mark.realdata
 @pytest.mark.parametrize("case, one, five", [("lung2", 0.076, 0.123), ("brain1", 0.149, 0.324)])
 def test_the_real_lesion_figures_the_readme_states(shipped, case, one, five):
-    from CTDeepSegLib.interactive.evaluation import CLICK_CASES
-    from CTDeepSegLib.real_cases import fetch_cases, load_case
+    from CTDeepSegLib.interactive.evaluation import case_objects
+    from CTDeepSegLib.real_cases import fetch_cases
 
     card, network = shipped
     fetch_cases([case])
-    image, labels, _ = load_case(case)
-    truth = objects(labels, CLICK_CASES[case][1])[0]
+    image, [(_, truth)] = case_objects(case)
     dice, _ = replay(image, truth, model_method(card, network, "cpu"), max_clicks=5)
     assert dice[0] == pytest.approx(one, abs=0.02) and dice[4] == pytest.approx(five, abs=0.02), dice

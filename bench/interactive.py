@@ -21,20 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CTDeepSeg"))
 
 from CTDeepSegLib.background.session import EngineSession  # noqa: E402
-from CTDeepSegLib.interactive.evaluation import CLICK_CASES, objects, phantom_case, replay  # noqa: E402
+from CTDeepSegLib.interactive.evaluation import case_objects, model_method, replay  # noqa: E402
 from CTDeepSegLib.model_store import open_model, resolve_model  # noqa: E402
-from CTDeepSegLib.real_cases import fetch_cases, load_case  # noqa: E402
+from CTDeepSegLib.real_cases import fetch_cases  # noqa: E402
 
 
 def lesions() -> list[tuple[str, object, np.ndarray]]:
     found = []
     fetch_cases(["lung2", "brain1", "liver117"])
-    for name in ("lung2", "brain1", "liver117"):
-        _, values, components, minimum = CLICK_CASES[name]
-        image, labels, _ = load_case(name)
-        found += [(name, image, piece) for piece in objects(labels, values, components, minimum)]
-    image, pieces = phantom_case()
-    found += [("phantom", image, piece) for title, piece in pieces if title.startswith("lesion")]
+    for name in ("lung2", "brain1", "liver117", "phantom"):
+        image, pieces = case_objects(name)
+        found += [(name, image, piece) for title, piece in pieces if name != "phantom" or title.startswith("lesion")]
     return found
 
 
@@ -60,19 +57,9 @@ def main() -> None:
     objects_ = lesions()
     print(f"{len(objects_)} objects up to 5 cm, {arguments.clicks} clicks each, model {card.name}, {arguments.device}")
 
-    from CTDeepSegLib.interactive.engine import segment_click
-
     inline: list[float] = []
     for _, image, truth in objects_:
-        _, seconds = replay(
-            image,
-            truth,
-            lambda volume, prompts, previous: segment_click(
-                volume, prompts, card, network, arguments.device, previous
-            ).mask,
-            arguments.clicks,
-        )
-        inline += seconds
+        inline += replay(image, truth, model_method(card, network, arguments.device), arguments.clicks)[1]
 
     session = EngineSession()
     routed: list[float] = []

@@ -199,6 +199,25 @@ def phantom_case(seed: int = 4242) -> tuple[Volume, list[tuple[str, np.ndarray]]
     return phantom.image, found
 
 
+def case_objects(name: str, cache=None) -> tuple[Volume, list[tuple[str, np.ndarray]]]:
+    """A case's image and its objects to click on, titled: "phantom" or one of ``CLICK_CASES`` (fetched already)."""
+    from ..real_cases import load_case
+
+    if name == "phantom":
+        return phantom_case()
+    if name not in CLICK_CASES:
+        raise CTDeepSegError(f"Unknown case {name!r} for clicking; use phantom or {', '.join(CLICK_CASES)}.")
+    kind, values, components, minimum = CLICK_CASES[name]
+    image, labels, record = load_case(name, cache=cache)
+    pieces = objects(labels, values, components, minimum)
+    titles = (
+        [f"{kind} {i}" for i in range(1, len(pieces) + 1)]
+        if components
+        else [record["labels"].get(str(v), f"{kind} {v}") for v in values]
+    )
+    return image, list(zip(titles, pieces))
+
+
 def evaluate_cases(
     names: Sequence[str],
     methods: dict[str, Method],
@@ -210,26 +229,12 @@ def evaluate_cases(
     """Replay the protocol for every object of the named cases ("phantom" too) with each method, and with the
     two baselines when asked (Grow from seeds only where slicer-core is installed)."""
     from ..jobs import Progress
-    from ..real_cases import load_case
 
     progress = progress or Progress()
     traces = []
     for number, name in enumerate(names):
         progress.update(number / len(names), f"Clicking on {name}")
-        if name == "phantom":
-            image, found = phantom_case()
-        elif name in CLICK_CASES:
-            kind, values, components, minimum = CLICK_CASES[name]
-            image, labels, record = load_case(name, cache=cache)
-            pieces = objects(labels, values, components, minimum)
-            titles = (
-                [f"{kind} {i}" for i in range(1, len(pieces) + 1)]
-                if components
-                else [record["labels"].get(str(v), f"{kind} {v}") for v in values]
-            )
-            found = list(zip(titles, pieces))
-        else:
-            raise CTDeepSegError(f"Unknown case {name!r} for clicking; use phantom or {', '.join(CLICK_CASES)}.")
+        image, found = case_objects(name, cache)
         for title, truth in found:
             runs = dict(methods)
             if baselines:
