@@ -3,6 +3,8 @@ samples prompted as a user would, and a short run of the real recipe writing a l
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,16 @@ def test_samples_are_prompted_as_a_user_would():
 
 
 @pytest.mark.realdata
+def test_the_batches_survive_being_sent_to_a_spawned_worker_and_repeat_from_the_seed():
+    from CTDeepSegLib.interactive.scene_batches import SceneBatches
+
+    recipe = InteractiveRecipe(seed=7, batch=2, mix=(1.0, 0.0, 0.0))  # synthetic scenes only: no download
+    sent = pickle.loads(pickle.dumps(SceneBatches(recipe, {}, {})))  # what spawn does (macOS, Windows)
+    first, again = next(iter(sent)), next(iter(SceneBatches(recipe, {}, {})))
+    assert tuple(first[0].shape) == (2, CHANNELS, 64, 64, 64) and tuple(first[1].shape) == (2, 1, 64, 64, 64)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(first, again))
+
+
 def test_a_short_run_of_the_recipe_writes_a_model_that_loads(tmp_path):
     recipe = InteractiveRecipe(iterations=4, batch=2, validate_every=2, validation_samples=2)
     card = train_interactive(tmp_path / "short", recipe)

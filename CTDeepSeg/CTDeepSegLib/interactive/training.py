@@ -249,33 +249,16 @@ def train_interactive(
     return save_model(output, card, best[1], overwrite=True)
 
 
-class _Scenes:
-    """Endless training batches of the recipe, drawn from its seed (an iterable dataset for a DataLoader worker)."""
-
-    def __init__(self, recipe: InteractiveRecipe, lesions: dict, organs: dict) -> None:
-        self.recipe, self.lesions, self.organs = recipe, lesions, organs
-
-    def __iter__(self):
-        import torch
-
-        recipe, rng = self.recipe, np.random.default_rng(self.recipe.seed)
-        while True:
-            samples = []
-            while len(samples) < recipe.batch:
-                image, target = draw_scene(rng, recipe, self.lesions, self.organs)
-                samples += [make_sample(rng, image, target, recipe.sigma_voxels, recipe.prompt_dropout) for _ in (0, 1)]
-            inputs = np.stack([s[0] for s in samples[: recipe.batch]])
-            targets = np.stack([s[1] for s in samples[: recipe.batch]])[:, None]
-            yield torch.from_numpy(inputs), torch.from_numpy(targets)
-
-
 def _batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
     """Training batches, made in a second process while the network learns from the previous ones (on two cores
     drawing the scenes costs as much time as the network's step). One worker, seeded by the recipe: reproducible."""
     import torch
 
-    dataset = type("Scenes", (_Scenes, torch.utils.data.IterableDataset), {})(recipe, lesions, organs)
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4)
+    from .scene_batches import SceneBatches
+
+    return torch.utils.data.DataLoader(
+        SceneBatches(recipe, lesions, organs), batch_size=None, num_workers=1, prefetch_factor=4
+    )
 
 
 def _card(
