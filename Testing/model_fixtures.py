@@ -69,8 +69,10 @@ def _publish_md5(folder: Path) -> None:
     )
 
 
-def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
-    """A bundle laid out exactly as the Model Zoo's spleen_ct_segmentation (configs, models/model.pt)."""
+def spleen_bundle(folder: Path, publish_hash: bool = True, network_args: dict | None = None) -> Path:
+    """A bundle laid out exactly as the Model Zoo's spleen_ct_segmentation (configs, models/model.pt);
+    ``network_args`` replaces the real UNet's arguments (a smaller network for quick tests)."""
+    network_args = network_args or SPLEEN_ARGS
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     metadata = {
@@ -89,7 +91,7 @@ def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
             },
         },
     }
-    network_def = {"_target_": "UNet", **SPLEEN_ARGS}
+    network_def = {"_target_": "UNet", **network_args}
     inference = {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -127,7 +129,7 @@ def spleen_bundle(folder: Path, publish_hash: bool = True) -> Path:
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
     torch.manual_seed(0)
-    torch.save(UNet(**SPLEEN_ARGS).state_dict(), folder / "models" / "model.pt")
+    torch.save(UNet(**network_args).state_dict(), folder / "models" / "model.pt")
     if publish_hash:
         _publish_md5(folder)
     return folder

@@ -26,7 +26,17 @@ _PALETTE = [(0.87, 0.51, 0.4), (0.5, 0.68, 0.85), (0.95, 0.92, 0.82), (1.0, 0.85
 
 
 def is_bundle(folder: Path) -> bool:
-    return (folder / "configs" / "metadata.json").is_file() and (folder / "configs" / "inference.json").is_file()
+    return (folder / "configs" / "metadata.json").is_file()
+
+
+def _inference_config(folder: Path) -> dict:
+    path = folder / "configs" / "inference.json"
+    if not path.is_file():
+        other = sorted(p.name for p in (folder / "configs").glob("inference*.y*ml"))
+        if other:
+            raise CTDeepSegError(f"{folder / 'configs' / other[0]}: YAML bundle configs are not read yet; only JSON.")
+        raise CTDeepSegError(f"{path}: the bundle has no inference config.")
+    return _read_json(path)
 
 
 def _literal(value: Any, where: str) -> Any:
@@ -78,7 +88,7 @@ def bundle_card(folder: Path) -> ModelCard:
     from .retinanet_bundle import RETINANET_CLASS, retinanet_card
 
     metadata = _read_json(folder / "configs" / "metadata.json")
-    config = _read_json(folder / "configs" / "inference.json")
+    config = _inference_config(folder)
     where = f"{folder / 'configs' / 'inference.json'}"
     network = config.get("network_def")
     outputs = metadata.get("network_data_format", {}).get("outputs", {})

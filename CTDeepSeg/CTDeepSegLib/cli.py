@@ -62,8 +62,65 @@ def command_info(_arguments: argparse.Namespace) -> int:
     return 0
 
 
-def command_models(_arguments: argparse.Namespace) -> int:
+def _size(entry: dict) -> str:
+    return f"{entry['size_bytes'] / 1e6:.0f} MB" if entry.get("size_bytes") else "size unknown"
+
+
+def command_available(_arguments: argparse.Namespace) -> int:
+    """The catalogue: every downloadable model, whether it is installed, whether CTDeepSeg runs it, its licence."""
+    from .catalogue.entries import Release, load_catalogue
+    from .catalogue.install import read_manifest
+    from .model_paths import user_models_folder
+
+    models = user_models_folder()
+    for entry in load_catalogue():
+        newest = entry["versions"][0]
+        manifest = read_manifest(models / entry["name"])
+        state = f"installed {manifest['version']}" if manifest else "not installed"
+        runs = "runs in CTDeepSeg" if entry["supported"] else f"not runnable: {entry['why_not']}"
+        release = Release(entry, newest["version"], tuple(newest["urls"]), newest.get("sha1"))
+        print(
+            f"{entry['name']}@{newest['version']}  [{entry['modality']} {entry['task']}, {entry['region']}]  "
+            f"{entry['title']}"
+        )
+        print(f"    {entry['source']}; {len(entry['structures'])} structures; {_size(entry)}; {state}; {runs}")
+        print(f"    {release.licence_line()}")
+    return 0
+
+
+def command_pull(arguments: argparse.Namespace) -> int:
+    from .catalogue.entries import find_release
+    from .catalogue.install import pull
+
+    release = find_release(arguments.name)
+    print(
+        f"{release.key}: {release.entry['title']} ({release.entry['source']}); {release.licence_line()}",
+        file=sys.stderr,
+    )
+    try:
+        folder = pull(
+            arguments.name,
+            source=arguments.source,
+            mirror=arguments.mirror,
+            progress=Progress(_print_progress),
+            accept_licence=arguments.accept_licence,
+        )
+    except KeyboardInterrupt:
+        print(
+            "ctdeepseg: interrupted; nothing was installed. The partial download is kept and the same command "
+            "resumes it.",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"{release.key} installed in {folder}; use it with --model {release.name}")
+    return 0
+
+
+def command_models(arguments: argparse.Namespace) -> int:
     from .model_paths import model_search_paths
+
+    if arguments.available:
+        return command_available(arguments)
     from .model_store import list_models
 
     cards, problems = list_models()
@@ -512,7 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=command_demo)
 
     models = commands.add_parser("models", help="list the models found (shipped, user folder, MONAI bundles)")
+    models.add_argument(
+        "--available", action="store_true", help="list the downloadable catalogue instead (installed or not, licence)"
+    )
     models.set_defaults(handler=command_models)
+
+    pull = commands.add_parser("pull", help="download, verify and install a catalogue model (or install a zip)")
+    pull.add_argument("name", help="catalogue name, optionally @VERSION (default: the newest)")
+    pull.add_argument("--from", dest="source", help="a zip you downloaded elsewhere, or another URL (verified alike)")
+    pull.add_argument("--mirror", help="base URL of a mirror holding the same zip files (or $CTDEEPSEG_MIRROR)")
+    pull.add_argument(
+        "--accept-licence", action="store_true", help="accept a non-commercial or unstated licence shown above"
+    )
+    pull.set_defaults(handler=command_pull)
 
     segment = commands.add_parser("segment", help="segment a volume, a DICOM folder, or a folder / glob of cases")
     segment.add_argument("input", help="volume file, DICOM series folder, folder of volume files, or a glob")

@@ -218,8 +218,10 @@ def open_model(name_or_path: str | Path | None, task: str | None = None) -> tupl
     ``task`` ("segmentation" or "detection"), when given, refuses a model made for the other one with a message
     rather than letting the wrong network fail deep inside inference."""
     from .bundle import is_bundle, load_bundle
+    from .catalogue.install import verify_installed
 
     folder = resolve_model(name_or_path)
+    verify_installed(folder)
     card, network = load_bundle(folder) if is_bundle(folder) else load_model(folder)
     if task is not None and card["task"] != task:
         raise CTDeepSegError(f"{card.name} is a {card['task']} model; choose a {task} model.")
@@ -251,8 +253,8 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
         if not ct:
             raise CTDeepSegError("No CT segmentation model found; train one with `ctdeepseg train` or pass --model.")
         return ct[0].folder
-    for card in cards:
-        if card.name == name_or_path:
+    for card in cards:  # a card's name, or the folder name a catalogue model is installed under
+        if card.name == name_or_path or card.folder.name == name_or_path:
             return card.folder
     known = ", ".join(card.name for card in cards) or "none"
     raise CTDeepSegError(f"No model named {name_or_path!r}; available: {known}.")

@@ -1,0 +1,1 @@
+"""Downloadable models: the shipped catalogue, verified resumable downloads, safe unpacking and installation."""
