@@ -136,6 +136,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._models: list = []
         self._detectors: list = []
+        self._downloads: dict[str, list] = {"segmentation": [], "detection": []}
         self._suggestedCaseName = ""
         self._interactiveModels: list = []
         self._clicks = None  # the engine session answering clicks (a child process that keeps the model loaded)
@@ -178,6 +179,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
         self.ui.detectorComboBox.connect("currentIndexChanged(int)", self.onDetectorChanged)
         self.ui.postprocessButton.connect("clicked(bool)", self.onPostprocess)
         self.ui.undoPostprocessButton.connect("clicked(bool)", self.onUndoPostprocess)
@@ -429,23 +431,90 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models = [card for card in models if card.get("task") == "segmentation"]
         self._detectors = [card for card in models if card.get("task") == "detection"]
         self._interactiveModels = [card for card in models if card.get("task") == "interactive"]
-        for comboBox, cards in ((self.ui.modelComboBox, self._models), (self.ui.detectorComboBox, self._detectors)):
+        self._downloads = {
+            task: self.logic.downloadableModels(task) for task in ("segmentation", "detection")
+        }  # catalogue models not installed yet: listed after the installed ones, fetched when chosen
+        combos = (
+            (self.ui.modelComboBox, self._models, self._downloads["segmentation"]),
+            (self.ui.detectorComboBox, self._detectors, self._downloads["detection"]),
+        )
+        for comboBox, cards, downloads in combos:
             wasBlocked = comboBox.blockSignals(True)
             comboBox.clear()
             for card in cards:
                 comboBox.addItem(f"{card.name} {card['version']}")
+            for entry in downloads:
+                comboBox.addItem(self.logic.downloadLabel(entry))
             comboBox.blockSignals(wasBlocked)
         self.updateGUIFromParameterNode()
         self._describeModel()
 
     def onModelChanged(self, index: int) -> None:
+        if index >= len(self._models):
+            self._offerDownload(self._downloads["segmentation"][index - len(self._models)])
+            return
         if self._parameterNode is not None and 0 <= index < len(self._models):
             self._parameterNode.model = self._models[index].name
         self._describeModel()
 
     def onDetectorChanged(self, index: int) -> None:
+        if index >= len(self._detectors):
+            self._offerDownload(self._downloads["detection"][index - len(self._detectors)])
+            return
         if self._parameterNode is not None and 0 <= index < len(self._detectors):
             self._parameterNode.detector = self._detectors[index].name
+
+    def _offerDownload(self, entry: dict, source: str | None = None) -> None:
+        """Ask before fetching a catalogue model (its licence first), then install it in the background with
+        progress and Cancel; the chooser goes back to the model in use meanwhile."""
+        combos = (self.ui.modelComboBox, self.ui.detectorComboBox)
+        blocked = [comboBox.blockSignals(True) for comboBox in combos]
+        self.updateGUIFromParameterNode()  # the chooser shows the model in use until the new one is installed
+        for comboBox, wasBlocked in zip(combos, blocked):
+            comboBox.blockSignals(wasBlocked)
+        if self._job is not None:
+            slicer.util.errorDisplay("Wait for the running task to finish (or cancel it) before adding a model.")
+            return
+        notice = self.logic.downloadNotice(entry, source)
+        if not slicer.util.confirmOkCancelDisplay(notice, "CTDeepSeg: add a model", detailedText=entry["description"]):
+            return
+
+        def installed(folder) -> None:
+            self.refreshModels()
+            parameters = self._parameterNode
+            if parameters is not None:
+                if entry["task"] == "detection":
+                    parameters.detector = self._chosenName(self._detectors, folder)
+                else:
+                    parameters.model = self._chosenName(self._models, folder)
+            self.ui.statusLabel.text = f"{entry['name']} installed in {folder}."
+
+        self.runInBackground(
+            f"Adding {entry['name']}...",
+            "pull_model",
+            kwargs={"spec": entry["name"], "source": source, "accept_licence": True},
+            onDone=installed,
+        )
+
+    @staticmethod
+    def _chosenName(cards: list, folder) -> str:
+        return next((card.name for card in cards if str(card.folder) == str(folder)), "")
+
+    def onImportModel(self) -> None:
+        """Install a catalogue model from a zip downloaded elsewhere (air-gapped sites), verified as a download."""
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), "Import a model zip", "", "Model archives (*.zip)"
+        )
+        if not path:
+            return
+        try:
+            entry = self.logic.catalogueEntryForFile(path)
+        except CTDeepSegError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self._offerDownload(entry, source=path)
 
     def _describeModel(self) -> None:
         index = self.ui.modelComboBox.currentIndex
@@ -1053,6 +1122,61 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         from CTDeepSegLib.model_store import available_models
 
         return available_models()
+
+    @staticmethod
+    def downloadableModels(task: str = "segmentation") -> list[dict]:
+        """Catalogue models of ``task`` that CTDeepSeg runs and that are not installed yet."""
+        from CTDeepSegLib.catalogue.entries import load_catalogue
+        from CTDeepSegLib.catalogue.install import read_manifest
+        from CTDeepSegLib.model_paths import user_models_folder
+
+        models = user_models_folder()
+        return [
+            entry
+            for entry in load_catalogue()
+            if entry["supported"] and entry["task"] == task and read_manifest(models / entry["name"]) is None
+        ]
+
+    @staticmethod
+    def downloadLabel(entry: dict) -> str:
+        """How the model chooser lists a catalogue model that is not installed yet."""
+        size = f"{entry['size_bytes'] / 1e6:.0f} MB" if entry.get("size_bytes") else "size shown when it starts"
+        return f"{entry['name']} {entry['versions'][0]['version']} (download, {size})"
+
+    @staticmethod
+    def downloadNotice(entry: dict, source: str | None = None) -> str:
+        """What the user agrees to before a model is fetched: source, licence (non-commercial flagged), checks."""
+        from CTDeepSegLib.catalogue.entries import find_release
+
+        release = find_release(entry["name"])
+        where = f"from {source}" if source else f"from {release.urls[0]}"
+        return (
+            f"Add {entry['title']} ({entry['source']}, {release.key}) {where}?\n\n"
+            f"{release.licence_line()}\n"
+            f"{entry['modality']} {entry['task']}, {entry['region']}, {len(entry['structures'])} structures.\n\n"
+            "The file is checked against the catalogue's checksum before it is unpacked, and a broken download "
+            "resumes where it stopped."
+        )
+
+    @staticmethod
+    def catalogueEntryForFile(path: str) -> dict:
+        """The catalogue model a downloaded zip is, by its published file name."""
+        from CTDeepSegLib.catalogue.entries import release_for_file
+
+        return release_for_file(Path(path)).entry
+
+    @staticmethod
+    def pullModel(
+        name: str,
+        source: str | None = None,
+        mirror: str | None = None,
+        acceptLicence: bool = False,
+        progress: Progress | None = None,
+    ) -> str:
+        """Install catalogue model ``NAME[@VERSION]`` (blocking; the panel runs it in the background)."""
+        from CTDeepSegLib.actions import pull_model
+
+        return pull_model(name, source=source, mirror=mirror, accept_licence=acceptLicence, progress=progress)
 
     def addSegmentation(self, result, volumeNode, name: str | None = None):
         """A segmentation node for a ``SegmentationResult``: named, coloured segments with SNOMED-CT terminology,

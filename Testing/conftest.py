@@ -43,3 +43,36 @@ def oblique_volume():
     direction = rz @ rx @ np.diag([1.0, 1.0, -1.0])
     array = np.random.default_rng(0).normal(0, 100, size=(6, 9, 13)).astype(np.float32)
     return Volume(array, spacing=(0.6, 0.9, 3.0), origin=(-12.5, 40.25, 101.0), direction=direction)
+
+
+@pytest.fixture
+def server():
+    """A model server on 127.0.0.1 (``model_server.ModelServer``)."""
+    from model_server import ModelServer
+
+    running = ModelServer()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private user model folder, no proxy settings, no mirror."""
+    from CTDeepSegLib.model_paths import user_models_folder
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CTDEEPSEG_MIRROR", raising=False)
+    monkeypatch.delenv("CTDEEPSEG_MODELS", raising=False)
+    return user_models_folder()
+
+
+@pytest.fixture(scope="session")
+def bundle_zip(tmp_path_factory) -> bytes:
+    """A zip of a small test-made bundle (``model_server.NAME``), 3 MB with padding, as the Model Zoo packs it."""
+    from model_fixtures import spleen_bundle
+    from model_server import NAME, SMALL_UNET, zip_folder
+
+    folder = spleen_bundle(tmp_path_factory.mktemp("bundle") / NAME, network_args=SMALL_UNET)
+    return zip_folder(folder, NAME, padding=3 << 20)

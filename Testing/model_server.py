@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 (random port) that serves test-made model zips and misbehaves on request.
+"""A real HTTP server on 127.0.0.1 (random port) that serves test-made model zips and misbehaves on request,
+and the test catalogue that points at it.
 
 It answers ``Range`` requests (206 with ``Content-Range``, an ``ETag`` for ``If-Range``), and per file can: drop
 the connection after some bytes for the first few requests, never send past an offset (a truncated file), answer
@@ -9,11 +10,28 @@ proxy; they are served too, so one server also stands in for an HTTP proxy. Ever
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import numpy as np
+
+NAME = "spleen_test"  # the catalogue name of the test-made bundle
+SMALL_UNET = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "norm": "batch",
+}
 
 
 @dataclass
@@ -106,3 +124,41 @@ class ModelServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def zip_folder(folder: Path, top: str, padding: int = 0) -> bytes:
+    """A zip of ``folder`` under ``top/`` as the Model Zoo packs bundles; ``padding`` random bytes in docs/."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
+        if padding:
+            archive.writestr(f"{top}/docs/padding.bin", np.random.default_rng(0).bytes(padding))
+    return buffer.getvalue()
+
+
+def catalogue(tmp_path: Path, monkeypatch, urls: list[str], sha1: str | None, **changes) -> Path:
+    """A catalogue with one runnable bundle entry (``NAME``), used instead of the shipped one."""
+    entry = {
+        "name": NAME,
+        "title": "Spleen (test)",
+        "description": "test bundle",
+        "source": "test",
+        "format": "monai-bundle",
+        "task": "segmentation",
+        "modality": "CT",
+        "region": "abdomen",
+        "structures": [{"name": "spleen"}],
+        "licence": {"name": "Apache-2.0", "non_commercial": False},
+        "versions": [{"version": "1.0.0", "urls": urls, "sha1": sha1}],
+        "size_bytes": None,
+        "published_speed": None,
+        "supported": True,
+        "why_not": None,
+        **changes,
+    }
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"schema": 1, "models": [entry]}))
+    monkeypatch.setenv("CTDEEPSEG_CATALOGUE", str(path))
+    return path

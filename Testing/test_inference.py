@@ -134,6 +134,47 @@ def test_out_of_memory_retries_smaller_batches_then_the_cpu():
         run_with_fallback(other_error, "cuda", 4, [])
 
 
+def test_out_of_memory_tries_cpu_stitching_before_leaving_the_gpu(tiny):
+    calls, notes = [], []
+
+    def run(device, batch, stitch):
+        calls.append((device, batch, stitch))
+        if stitch == "cuda":  # the whole-volume output does not fit the GPU, the windows do
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return "done"
+
+    assert run_with_fallback(run, "cuda", 4, notes, stitch_on_cpu=True) == "done"
+    assert calls == [("cuda", 4, "cuda"), ("cuda", 2, "cuda"), ("cuda", 1, "cuda"), ("cuda", 1, "cpu")]
+    assert (
+        notes[-1] == "Out of memory on cuda with 1 window(s) at a time; retrying on cuda with 1, stitching on the CPU."
+    )
+    card, network = tiny
+    volume = make_phantom(shape=(16, 32, 32), spacing=(6.0, 6.0, 8.0), seed=2).image
+    reference = segment_volume(volume, card, network, device="cpu").labels.array
+    # the same windows stitched elsewhere give the same labels (on a CPU-only machine both places are the CPU)
+    from CTDeepSegLib.inference import _sliding_window, model_grid
+    from CTDeepSegLib.jobs import Progress
+
+    grid = model_grid(volume, card)
+    image = grid.resample(grid.oriented(volume.array), card["normalisation"])
+    a = _sliding_window(network, image, card, "cpu", 2, Progress(), "cpu")
+    b = _sliding_window(network, image, card, "cpu", 1, Progress())
+    torch.testing.assert_close(a, b)
+    assert reference.any()
+
+
+def test_labels_from_logits_match_labels_from_probabilities():
+    from CTDeepSegLib.inference import _activate_, _labels_of, _logit
+
+    logits = torch.randn(1, 5, 6, 7, 8)
+    probabilities = _activate_(logits.clone(), "softmax")
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(1, 6, 7, 8))
+    torch.testing.assert_close(probabilities, torch.softmax(logits, 1))
+    assert torch.equal(_labels_of(logits[0], "softmax", 0.5), _labels_of(probabilities[0], "softmax", 0.5))
+    sigmoid = _activate_(logits.clone(), "sigmoid")
+    assert torch.equal(_labels_of(logits[0], "sigmoid", _logit(0.7)), _labels_of(sigmoid[0], "sigmoid", 0.7))
+
+
 def test_cancel_stops_within_a_window_and_reports_progress(tiny):
     card, network = tiny
     phantom = make_phantom(

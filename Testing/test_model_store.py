@@ -112,10 +112,13 @@ def test_tampered_bundle_and_code_in_configs_are_refused(tmp_path):
         open_model(bundle)
     other = spleen_bundle(tmp_path / "c")
     config = json.loads((other / "configs" / "inference.json").read_text())
-    config["network_def"]["channels"] = "$[16, 32, 64, 128, 256]"
+    config["network_def"]["channels"] = "$__import__('os').getcwd()"
     (other / "configs" / "inference.json").write_text(json.dumps(config))
-    with pytest.raises(CTDeepSegError, match="is a bundle expression"):
+    with pytest.raises(CTDeepSegError, match=r"network_def\.channels: .* uses a call of __import__.*, which CTDeepSeg"):
         open_model(other)
+    config["network_def"]["channels"] = "$[16, 32, 64, 128, 256]"  # data written as an expression: computed
+    (other / "configs" / "inference.json").write_text(json.dumps(config))
+    assert open_model(other)[0]["network"]["args"]["channels"] == [16, 32, 64, 128, 256]
 
 
 def test_bundle_weights_that_would_run_code_are_refused(tmp_path):

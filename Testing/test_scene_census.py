@@ -149,6 +149,29 @@ def _segment(scene, logic, tmp_path):
         logic.segment(volumeNode, device="cpu")
 
 
+@scenario("downloadableModels", "downloadLabel", "downloadNotice", "catalogueEntryForFile", "pullModel")
+def _catalogue(scene, logic, tmp_path):
+    import hashlib
+
+    from model_fixtures import spleen_bundle
+    from model_server import NAME, SMALL_UNET, ModelServer, Served, catalogue, zip_folder
+
+    data = zip_folder(spleen_bundle(tmp_path / "b" / NAME, network_args=SMALL_UNET), NAME)
+    server = ModelServer({"/spleen_test_v1.0.0.zip": Served(data)})
+    try:
+        with pytest.MonkeyPatch.context() as patch, census(scene):
+            patch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+            patch.delenv("CTDEEPSEG_MODELS", raising=False)
+            catalogue(tmp_path, patch, [server.url("/spleen_test_v1.0.0.zip")], hashlib.sha1(data).hexdigest())
+            (entry,) = logic.downloadableModels()
+            logic.downloadLabel(entry)
+            logic.downloadNotice(entry)
+            assert logic.catalogueEntryForFile(str(tmp_path / "spleen_test_v1.0.0.zip")) == entry
+            logic.pullModel(NAME)
+    finally:
+        server.close()
+
+
 @scenario("promptNodes", "promptsFromNodes", "promptsFromRas", "segmentMask", "setSegmentMask", "clickSegment")
 def _interactive(scene, logic, tmp_path):
     volumeNode, truthNode, lesions = logic.createPhantom(seed=1, **SMALL)

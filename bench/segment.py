@@ -6,7 +6,11 @@ recipe: LoadImaged, EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityR
 softmax, Invertd, AsDiscreted, SaveImaged. Each runs in its own process so that its peak memory (max RSS) is
 its own; the ratios are printed at the end, after checking the two label maps agree.
 
-    .venv/bin/python bench/segment.py [--device cpu] [--shape 512 512 240] [--model FOLDER]
+With ``--bundle NAME`` the model is a real Model Zoo config from ``Testing/data/model-zoo`` (e.g.
+``wholeBody_ct_segmentation``: SegResNet, 105 output channels at 1.5 mm) with random weights, and the reference
+is that config itself run by ``monai.bundle.ConfigParser`` (its loader, transforms, inferer, postprocessing).
+
+    .venv/bin/python bench/segment.py [--device cpu] [--shape 512 512 240] [--model FOLDER | --bundle NAME]
 """
 
 from __future__ import annotations
@@ -93,11 +97,54 @@ def run_monai(model: str, source: str, target: str, device: str) -> None:
     postprocessing(data)
 
 
+def run_bundle(model: str, source: str, target: str, device: str) -> None:
+    """The bundle's own config through MONAI's parser, from file to file (its SaveImaged replaced by ours)."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from CTDeepSegLib.volume_io import read_volume, write_volume
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(model) / "configs" / "inference.json"))
+    if parser["network_def"]["_target_"] == "SwinUNETR":
+        parser["network_def"].pop("img_size", None)
+    post = [t for t in parser["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
+    parser["postprocessing"]["transforms"] = post
+    parser["inferer"]["device"] = "$torch.device('cpu')"  # stitch on the CPU as MONAI's bundle does on a CPU
+    preprocessing = parser.get_parsed_content("preprocessing")
+    data = preprocessing({"image": source})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(Path(model) / "models" / "model.pt", weights_only=True))
+    network.to(device).eval()
+    with torch.inference_mode():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None].to(device), network)[0].cpu()
+    pred = Compose(parser.get_parsed_content("postprocessing").transforms)(data)["pred"]
+    labels = (pred.argmax(0) if pred.shape[0] > 1 else pred[0]).numpy().astype("uint8").transpose(2, 1, 0)
+    write_volume(read_volume(source).with_array(labels), target)
+
+
+def bundle_folder(name: str, scratch: Path) -> Path:
+    """The real config of Model Zoo bundle ``name`` with random weights (seeded), as an installed bundle."""
+    import shutil
+
+    import torch
+
+    from CTDeepSegLib.bundle import bundle_card
+    from CTDeepSegLib.model_store import build_network
+
+    folder = scratch / name
+    shutil.copytree(ROOT / "Testing" / "data" / "model-zoo" / name / "configs", folder / "configs")
+    (folder / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(build_network(bundle_card(folder)).state_dict(), folder / "models" / "model.pt")
+    return folder
+
+
 def child(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
-    (run_ours if arguments.child == "ours" else run_monai)(
-        arguments.model, arguments.source, arguments.target, arguments.device
-    )
+    runner = {"ours": run_ours, "monai": run_monai, "bundle": run_bundle}[arguments.child]
+    runner(arguments.model, arguments.source, arguments.target, arguments.device)
     print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
@@ -136,10 +183,11 @@ def _dice(labels, truth) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", choices=("ours", "monai"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "monai", "bundle"), help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=str(ROOT / "Resources" / "Models" / "ctdeepseg-phantom-ct"))
+    parser.add_argument("--bundle", help="a Model Zoo config in Testing/data/model-zoo, with random weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 240), metavar=("I", "J", "K"))
     arguments = parser.parse_args()
@@ -157,19 +205,22 @@ def main() -> None:
         shape = tuple(arguments.shape[::-1])
         phantom = make_phantom(shape=shape, spacing=(0.75, 0.75, 1.25), seed=7, lung_lesions=3, liver_lesions=3)
         source = write_volume(phantom.image, scratch / "ct.nii.gz")
-        print(
-            f"Input {arguments.shape} voxels at 0.75x0.75x1.25 mm; model {arguments.model}; device {arguments.device}"
-        )
+        model, reference = arguments.model, "monai"
+        if arguments.bundle:
+            model, reference = str(bundle_folder(arguments.bundle, scratch)), "bundle"
+        print(f"Input {arguments.shape} voxels at 0.75x0.75x1.25 mm; model {model}; device {arguments.device}")
         (scratch / "ours").mkdir()
         (scratch / "monai").mkdir()
-        ours = measure("ours", arguments.model, source, scratch / "ours" / "ct.nii.gz", arguments.device)
-        monai = measure("monai", arguments.model, source, scratch / "monai" / "ct.nii.gz", arguments.device)
+        ours = measure("ours", model, source, scratch / "ours" / "ct.nii.gz", arguments.device)
+        monai = measure(reference, model, source, scratch / "monai" / "ct.nii.gz", arguments.device)
         a = read_label(scratch / "ours" / "ct.nii.gz").array
         b = read_label(scratch / "monai" / "ct.nii.gz").array
         agreement = float(np.mean(a == b))
         body = phantom.image.array > -500
         inside = float(np.mean(a[body] == b[body]))
         dice = {name: _dice(labels, phantom.labels.array) for name, labels in (("ours", a), ("monai", b))}
+        if arguments.bundle:  # random weights: Dice against the phantom means nothing
+            dice = {"ours": "n/a (random weights)", "monai": "n/a (random weights)"}
     print(f"{'CTDeepSeg pipeline':<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB   Dice {dice['ours']}")
     print(f"{'MONAI bundle pipeline':<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB   Dice {dice['monai']}")
     print(f"voxel agreement of the two label maps: {agreement:.4f} overall, {inside:.4f} inside the body")

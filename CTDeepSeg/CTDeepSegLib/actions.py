@@ -154,7 +154,22 @@ def finetune(
 # training step, but a validation pass in between can take a while, and killing it would lose the epoch.
 GRACE_S = {"finetune": 120.0}
 
+
+def pull_model(
+    spec: str,
+    source: str | None = None,
+    mirror: str | None = None,
+    accept_licence: bool = False,
+    progress: Progress | None = None,
+) -> str:
+    """Download (or, with ``source``, take a zip or URL), verify and install catalogue model ``NAME[@VERSION]``;
+    returns the installed folder. See ``catalogue.install.pull``."""
+    from .catalogue.install import pull
+
+    return str(pull(spec, source=source, mirror=mirror, progress=progress or Progress(), accept_licence=accept_licence))
+
+
 ACTIONS = {
     function.__name__: function
-    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, click, finetune)
+    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, click, finetune, pull_model)
 }

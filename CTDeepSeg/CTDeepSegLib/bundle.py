@@ -19,9 +19,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .bundle_values import BundleConfig
 from .errors import CTDeepSegError
 from .model_store import NETWORKS, ModelCard
 
+# Arguments a bundle may still pass that current MONAI removed (SwinUNETR's img_size only checked input sizes).
+_REMOVED_ARGS = {"SwinUNETR": ("img_size",)}
+# Intensity transforms that change what the network sees and are not mapped (refused rather than ignored).
+_INTENSITY_OTHER = {
+    "ScaleIntensityRangePercentilesd",
+    "ClipIntensityPercentilesd",
+    "ThresholdIntensityd",
+    "HistogramNormalized",
+    "Lambdad",
+}
 _PALETTE = [(0.87, 0.51, 0.4), (0.5, 0.68, 0.85), (0.95, 0.92, 0.82), (1.0, 0.85, 0.0), (0.6, 0.8, 0.4)]
 
 
@@ -29,36 +40,85 @@ def is_bundle(folder: Path) -> bool:
     return (folder / "configs" / "metadata.json").is_file()
 
 
-def _inference_config(folder: Path) -> dict:
+def _target(entry: dict) -> str:
+    return str(entry.get("_target_", "")).split(".")[-1]
+
+
+def _inference_config(folder: Path) -> BundleConfig:
     path = folder / "configs" / "inference.json"
     if not path.is_file():
         other = sorted(p.name for p in (folder / "configs").glob("inference*.y*ml"))
         if other:
             raise CTDeepSegError(f"{folder / 'configs' / other[0]}: YAML bundle configs are not read yet; only JSON.")
         raise CTDeepSegError(f"{path}: the bundle has no inference config.")
-    return _read_json(path)
+    return BundleConfig.read(path)
 
 
-def _literal(value: Any, where: str) -> Any:
-    if isinstance(value, str) and value.startswith(("$", "@", "%")):
+def _transforms(config: BundleConfig, stage: str, where: str, disabled: bool = False) -> list[dict]:
+    """The stage's transforms in order (each a raw dict; disabled ones left out unless ``disabled``); their fields
+    stay unresolved until the pipeline reads them, so an expression in a field CTDeepSeg does not use is never
+    a problem."""
+    chain = config.data.get(stage, {})
+    if isinstance(chain, str):
+        chain = config.value(chain, f"{where} {stage}")
+    items = chain.get("transforms", []) if isinstance(chain, dict) else chain
+    if isinstance(items, str):
+        items = config.value(items, f"{where} {stage}.transforms")
+    transforms = []
+    for item in items if isinstance(items, list) else []:
+        entry = config.value(item, f"{where} {stage}") if isinstance(item, str) else item
+        if isinstance(entry, dict) and (
+            disabled or not config.value(entry.get("_disabled_", False), f"{where} _disabled_")
+        ):
+            transforms.append(entry)
+    return transforms
+
+
+def _fields(config: BundleConfig, entry: dict, where: str, *names: str) -> dict:
+    return {name: config.value(entry[name], f"{where}.{name}") for name in names if name in entry}
+
+
+def _needs_own_code(target: str, where: str) -> None:
+    if target.startswith("scripts."):
         raise CTDeepSegError(
-            f"{where} is a bundle expression ({value!r}); CTDeepSeg reads bundles without running code."
+            f"{where}: {target} is the bundle's own Python code (scripts/), which CTDeepSeg never runs."
         )
-    if isinstance(value, dict):
-        return {key: _literal(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, list):
-        return [_literal(item, where) for item in value]
-    return value
 
 
-def _target(entry: dict) -> str:
-    return str(entry.get("_target_", "")).split(".")[-1]
-
-
-def _transforms(config: dict, stage: str = "preprocessing") -> dict[str, dict]:
-    chain = config.get(stage, {})
-    transforms = chain.get("transforms", []) if isinstance(chain, dict) else []
-    return {_target(entry): entry for entry in transforms if isinstance(entry, dict)}
+def _normalisation(config: BundleConfig, transforms: list[dict], where: str) -> dict:
+    """The intensity transforms in order, as the pipeline's normalisation: a plain CT window stays the classic
+    ``ct_window``; any chain with image statistics (z-score, min-max) is replayed step by step as MONAI does,
+    after resampling and on the whole image (``steps``)."""
+    steps = []
+    for entry in transforms:
+        name = _target(entry)
+        _needs_own_code(str(entry.get("_target_", "")), where)
+        at = f"{where} {name}"
+        if name == "ScaleIntensityRanged":
+            values = _fields(config, entry, at, "a_min", "a_max", "b_min", "b_max", "clip")
+            steps.append({"op": "ScaleIntensityRange", **values})
+        elif name == "NormalizeIntensityd":
+            values = _fields(config, entry, at, "nonzero", "subtrahend", "divisor")
+            if values.get("subtrahend") is not None or values.get("divisor") is not None:
+                raise CTDeepSegError(f"{at}: a fixed subtrahend or divisor is not supported yet.")
+            steps.append({"op": "NormalizeIntensity", "nonzero": values.get("nonzero") in (True, "True", "true")})
+        elif name == "ScaleIntensityd":
+            values = _fields(config, entry, at, "minv", "maxv", "factor")
+            if values.get("factor") is not None:
+                raise CTDeepSegError(f"{at}: ScaleIntensityd with a factor is not supported yet.")
+            steps.append({"op": "ScaleIntensity", "minv": values.get("minv", 0.0), "maxv": values.get("maxv", 1.0)})
+        elif name in _INTENSITY_OTHER:
+            raise CTDeepSegError(f"{at}: the intensity transform {name} is not supported yet.")
+    if not steps:
+        raise CTDeepSegError(f"{where}: no ScaleIntensityRanged, NormalizeIntensityd or ScaleIntensityd to map.")
+    if len(steps) == 1 and steps[0]["op"] == "ScaleIntensityRange":
+        step = steps[0]
+        return {
+            "kind": "ct_window",
+            "window": [step["a_min"], step["a_max"]],
+            "output_range": [step.get("b_min", 0.0), step.get("b_max", 1.0)],
+        }
+    return {"kind": "steps", "steps": steps}
 
 
 def _published_hash(folder: Path) -> tuple[str, str] | None:
@@ -90,34 +150,53 @@ def bundle_card(folder: Path) -> ModelCard:
     metadata = _read_json(folder / "configs" / "metadata.json")
     config = _inference_config(folder)
     where = f"{folder / 'configs' / 'inference.json'}"
-    network = config.get("network_def")
+    raw_network = config.data.get("network_def")
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    if isinstance(network, dict) and _target(network) == RETINANET_CLASS:
+    if isinstance(raw_network, dict) and _target(raw_network) == RETINANET_CLASS:
         channels = next(iter(outputs.values()), {}).get("channel_def", {})
-        return ModelCard(folder, retinanet_card(folder, metadata, config, _transforms(config), channels))
+        # every transform: the detector resamples always (see retinanet_bundle)
+        transforms = {_target(entry): entry for entry in _transforms(config, "preprocessing", where, disabled=True)}
+        return ModelCard(folder, retinanet_card(folder, metadata, config.data, transforms, channels))
+    network = config.value(raw_network, f"{where} network_def") if raw_network is not None else None
+    if isinstance(network, dict):
+        _needs_own_code(str(network.get("_target_", "")), f"{where} network_def")
     if not isinstance(network, dict) or _target(network) not in NETWORKS:
         raise CTDeepSegError(f"{where}: network_def must be one of {', '.join(NETWORKS)} or {RETINANET_CLASS}.")
-    args = _literal({k: v for k, v in network.items() if not k.startswith("_")}, f"{where} network_def")
-    transforms = _transforms(config)
-    if "Spacingd" not in transforms:
+    args = {
+        k: v for k, v in network.items() if not k.startswith("_") and k not in _REMOVED_ARGS.get(_target(network), ())
+    }
+    channels_in = int(args.get("in_channels", 1))
+    if channels_in != 1:
+        raise CTDeepSegError(
+            f"{where}: the network takes {channels_in} input volumes; CTDeepSeg runs single-volume models."
+        )
+    transforms = _transforms(config, "preprocessing", where)
+    by_name = {_target(entry): entry for entry in transforms}
+    for entry in transforms:
+        _needs_own_code(str(entry.get("_target_", "")), f"{where} preprocessing")
+    if "Spacingd" not in by_name:
         raise CTDeepSegError(f"{where}: no Spacingd transform in preprocessing; cannot tell the model's spacing.")
-    spacing = _literal(transforms["Spacingd"].get("pixdim"), f"{where} Spacingd.pixdim")
-    orientation = _literal(transforms.get("Orientationd", {}).get("axcodes", "RAS"), f"{where} Orientationd.axcodes")
-    if "ScaleIntensityRanged" in transforms:
-        scale = _literal(transforms["ScaleIntensityRanged"], f"{where} ScaleIntensityRanged")
-        normalisation = {
-            "kind": "ct_window",
-            "window": [scale["a_min"], scale["a_max"]],
-            "output_range": [scale.get("b_min", 0.0), scale.get("b_max", 1.0)],
-        }
-    elif "NormalizeIntensityd" in transforms:
-        normalisation = {"kind": "mri_zscore", "percentiles": [0.0, 100.0]}
-    else:
-        raise CTDeepSegError(f"{where}: no ScaleIntensityRanged or NormalizeIntensityd transform to map.")
-    inferer = _literal(config.get("inferer", {}), f"{where} inferer")
-    post = _transforms(config, "postprocessing")
-    sigmoid = _literal(post.get("Activationsd", {}).get("sigmoid", False), f"{where} Activationsd.sigmoid")
-    threshold = _literal(post.get("AsDiscreted", {}).get("threshold", 0.5), f"{where} AsDiscreted.threshold")
+    spacing = config.value(by_name["Spacingd"].get("pixdim"), f"{where} Spacingd.pixdim")
+    orientation = config.value(by_name.get("Orientationd", {}).get("axcodes", "RAS"), f"{where} Orientationd.axcodes")
+    normalisation = _normalisation(config, transforms, where)
+    inferer_entry = config.data.get("inferer", {})
+    if isinstance(inferer_entry, str):
+        inferer_entry = config.value(inferer_entry, f"{where} inferer")
+    if _target(inferer_entry) != "SlidingWindowInferer":
+        raise CTDeepSegError(f"{where}: inferer {inferer_entry.get('_target_')!r} is not a SlidingWindowInferer.")
+    inferer = _fields(
+        config, inferer_entry, f"{where} inferer", "roi_size", "overlap", "sw_batch_size", "mode", "padding_mode"
+    )
+    post = _transforms(config, "postprocessing", where)
+    for entry in post:
+        _needs_own_code(str(entry.get("_target_", "")), f"{where} postprocessing")
+        if _target(entry) == "Lambdad":
+            raise CTDeepSegError(f"{where}: postprocessing runs a Lambdad function, which CTDeepSeg never runs.")
+    post_by_name = {_target(entry): entry for entry in post}
+    activation = _fields(config, post_by_name.get("Activationsd", {}), f"{where} Activationsd", "sigmoid")
+    sigmoid = bool(activation.get("sigmoid", False))
+    discrete = _fields(config, post_by_name.get("AsDiscreted", {}), f"{where} AsDiscreted", "threshold")
+    threshold = discrete.get("threshold", 0.5)
     default = {"0": "foreground"} if sigmoid else {"0": "background", "1": "foreground"}
     channels = next(iter(outputs.values()), {}).get("channel_def", default)
     offset = 1 if sigmoid else 0  # sigmoid channels are labels 1, 2, ...; softmax channel 0 is background
@@ -126,6 +205,10 @@ def bundle_card(folder: Path) -> ModelCard:
         for value, name in sorted((int(channel) + offset, name) for channel, name in channels.items())
         if value > 0
     ]
+    postprocessing = [{"step": "keep_largest", "count": 1}] if "KeepLargestConnectedComponentd" in post_by_name else []
+    names = [_target(entry) for entry in post]
+    invert = _fields(config, post_by_name.get("Invertd", {}), f"{where} Invertd", "nearest_interp")
+    labels_first = "AsDiscreted" in names and "Invertd" in names and names.index("AsDiscreted") < names.index("Invertd")
     inputs = metadata.get("network_data_format", {}).get("inputs", {})
     modality = str(next(iter(inputs.values()), {}).get("modality", "CT")).upper()
     data = {
@@ -139,13 +222,18 @@ def bundle_card(folder: Path) -> ModelCard:
         "spacing": [float(s) for s in spacing],
         "orientation": str(orientation),
         "normalisation": normalisation,
+        "crop_to_body": False,  # a published model runs on the whole image, exactly as its bundle does
+        "grid": "monai",  # and on the grid MONAI's Spacingd makes,
+        "axes": "ijk",  # with the axes in MONAI's order
+        "invert": "nearest" if labels_first and invert.get("nearest_interp", True) else "linear",
         "roi_size": list(inferer.get("roi_size", [96, 96, 96])),
         "overlap": float(inferer.get("overlap", 0.25)),
         "sw_batch_size": int(inferer.get("sw_batch_size", 1)),
         "blend": inferer.get("mode", "constant"),
+        "padding_mode": inferer.get("padding_mode", "constant"),
         "activation": "sigmoid" if sigmoid else "softmax",
         "threshold": float(threshold if threshold is not None else 0.5),
-        "postprocessing": [],
+        "postprocessing": postprocessing,
         "weights": {"file": "models/model.pt", "format": "torch (weights only)"},
         "provenance": {"source": "MONAI bundle", "bundle": str(folder)},
     }

@@ -101,6 +101,18 @@ class ModelGrid:
     flips: list[bool]
     oriented_shape: tuple[int, int, int]
     size_kji: tuple[int, int, int]
+    # MONAI's Spacing convention (bundles): the first voxel centres coincide and the model grid spans the centres
+    # of the input's first and last voxels; otherwise both grids cover the same extent (voxel edges align).
+    corner_aligned: bool = False
+    scale_kji: tuple[float, float, float] = (1.0, 1.0, 1.0)  # model spacing / input spacing along k, j, i
+
+    def model_positions(self) -> tuple[np.ndarray, ...]:
+        """For each model-grid index along k, j, i: where it falls on the (oriented) input grid, in voxels."""
+        return tuple(np.arange(n) * scale for n, scale in zip(self.size_kji, self.scale_kji))
+
+    def input_positions(self) -> tuple[np.ndarray, ...]:
+        """For each (oriented) input index along k, j, i: where it falls on the model grid, in voxels."""
+        return tuple(np.arange(n) / scale for n, scale in zip(self.oriented_shape, self.scale_kji))
 
     def oriented(self, array: np.ndarray) -> np.ndarray:
         """The body box of ``array`` in the model's axis order (a view: no copy)."""
@@ -114,8 +126,36 @@ class ModelGrid:
         if normalisation is None:
             labels = torch.from_numpy(np.ascontiguousarray(oriented, dtype=np.float32))[None, None]
             return torch.nn.functional.interpolate(labels, size=self.size_kji, mode="nearest-exact")
-        image = torch.from_numpy(np.ascontiguousarray(normalise(oriented, normalisation)))[None, None]
-        return torch.nn.functional.interpolate(image, size=self.size_kji, mode="trilinear", align_corners=False)
+        if normalisation["kind"] == "steps" or self.corner_aligned:  # as MONAI: resample, then normalise
+            resampled = self._linear(np.ascontiguousarray(oriented, dtype=np.float32))
+            return torch.from_numpy(normalise(resampled.numpy(), normalisation))
+        return self._linear(np.ascontiguousarray(normalise(oriented, normalisation)))
+
+    def _linear(self, array: np.ndarray) -> Any:
+        import torch
+
+        image = torch.from_numpy(array)[None, None]
+        if not self.corner_aligned:
+            return torch.nn.functional.interpolate(image, size=self.size_kji, mode="trilinear", align_corners=False)
+        for axis, positions in enumerate(self.model_positions()):
+            image = lerp_axis(image, torch.from_numpy(positions), axis + 2)
+        return image
+
+
+def lerp_axis(tensor: Any, positions: Any, axis: int) -> Any:
+    """Linear interpolation of ``tensor`` along ``axis`` at fractional ``positions`` (clamped to the edges, as
+    MONAI's "border" padding): trilinear resampling on axis-aligned grids is three of these."""
+    import torch
+
+    size = tensor.shape[axis]
+    positions = positions.to(torch.float64).clamp(0, size - 1)
+    below = positions.floor().long()
+    above = (below + 1).clamp(max=size - 1)
+    weight = (positions - below).to(tensor.dtype)
+    shape = [1] * tensor.dim()
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    return tensor.index_select(axis, below) * (1 - weight) + tensor.index_select(axis, above) * weight
 
 
 def model_grid(volume: Volume, card: Any, crop_to_body: bool = True) -> ModelGrid:
@@ -126,8 +166,12 @@ def model_grid(volume: Volume, card: Any, crop_to_body: bool = True) -> ModelGri
     shape = tuple(volume.array[box].shape[::-1][axis] for axis in order)[::-1]
     spacing_ijk = volume.spacing[order]
     target = np.asarray(card["spacing"], dtype=np.float64)
+    scale_kji = tuple(float(t / s) for s, t in zip(spacing_ijk[::-1], target[::-1]))
+    if card.get("grid") == "monai":
+        size_kji = tuple(max(1, round((n - 1) / scale + 1)) for n, scale in zip(shape, scale_kji))
+        return ModelGrid(box, order, flips, shape, size_kji, True, scale_kji)
     size_kji = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_ijk[::-1], target[::-1]))
-    return ModelGrid(box, order, flips, shape, size_kji)
+    return ModelGrid(box, order, flips, shape, size_kji, False, scale_kji)
 
 
 def _from_target(array_kji: np.ndarray, order: list[int], flips: list[bool]) -> np.ndarray:
@@ -163,11 +207,38 @@ def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
             if (out_low, out_high) == (0.0, 1.0)
             else scaled * np.float32(out_high - out_low) + np.float32(out_low)
         )
+    if settings["kind"] == "steps":
+        return _monai_steps(array, settings["steps"])
     if settings["kind"] == "mri_zscore":
         low, high = np.percentile(array, settings.get("percentiles", (0.5, 99.5)))
         clipped = np.clip(array, low, high)
         return ((clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)).astype(np.float32)
     raise CTDeepSegError(f"Unknown normalisation {settings['kind']!r}; use ct_window or mri_zscore.")
+
+
+def _monai_steps(array: np.ndarray, steps: list[dict]) -> np.ndarray:
+    """MONAI's ScaleIntensityRange, NormalizeIntensity and ScaleIntensity (one channel), in the bundle's order."""
+    out = array.astype(np.float32, copy=True)
+    for step in steps:
+        if step["op"] == "ScaleIntensityRange":
+            low, high = float(step["a_min"]), float(step["a_max"])
+            b_low, b_high = float(step.get("b_min", 0.0)), float(step.get("b_max", 1.0))
+            out = (out - low) / (high - low) * (b_high - b_low) + b_low
+            if step.get("clip", False):
+                np.clip(out, min(b_low, b_high), max(b_low, b_high), out=out)
+        elif step["op"] == "NormalizeIntensity":
+            where = out != 0 if step.get("nonzero") else np.ones(out.shape, dtype=bool)
+            if where.any():
+                values = out[where]
+                std = float(values.std())
+                out[where] = (values - values.mean()) / (std if std != 0.0 else 1.0)
+        elif step["op"] == "ScaleIntensity":
+            low, high = float(out.min()), float(out.max())
+            minv, maxv = float(step["minv"]), float(step["maxv"])
+            out = out * minv if low == high else (out - low) / (high - low) * (maxv - minv) + minv
+        else:
+            raise CTDeepSegError(f"Unknown intensity step {step['op']!r}.")
+    return out.astype(np.float32, copy=False)
 
 
 def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
@@ -203,11 +274,14 @@ def _resample_probabilities(
     activation: str = "softmax",
     threshold: float = 0.5,
     slab: int = 8,
+    positions: tuple[np.ndarray, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (1, C, d, h, w) to ``shape`` slab by slab: labels (uint8) and, if asked, probabilities.
 
     Trilinear with clamped edges (what ``grid_sample(padding_mode="border", align_corners=False)`` computes),
     done separably: bilinear in-plane on the few source planes a slab needs, then linear between planes.
+    ``positions`` (where each output index falls on the model grid, per axis) replaces that mapping for grids
+    aligned otherwise (``ModelGrid.corner_aligned``).
     """
     import torch
 
@@ -218,17 +292,25 @@ def _resample_probabilities(
     for start in range(0, depth, slab):
         progress.update(start / depth, "Resampling to the input grid")
         rows = torch.arange(start, min(start + slab, depth), dtype=torch.float64)
-        source = ((rows + 0.5) * source_depth / depth - 0.5).clamp(0, source_depth - 1)
+        if positions is None:
+            source = ((rows + 0.5) * source_depth / depth - 0.5).clamp(0, source_depth - 1)
+        else:
+            source = torch.from_numpy(positions[0][start : start + len(rows)]).clamp(0, source_depth - 1)
         below = source.floor().long()
         above = (below + 1).clamp(max=source_depth - 1)
         weight = (source - below).float()[:, None, None, None]
         low, high = int(below.min()), int(above.max())
-        planes = torch.nn.functional.interpolate(
-            probabilities[0, :, low : high + 1].permute(1, 0, 2, 3),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-        )
+        if positions is None:
+            planes = torch.nn.functional.interpolate(
+                probabilities[0, :, low : high + 1].permute(1, 0, 2, 3),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+            )
+        else:
+            planes = probabilities[0, :, low : high + 1].permute(1, 0, 2, 3)
+            planes = lerp_axis(planes, torch.from_numpy(positions[1]), 2)
+            planes = lerp_axis(planes, torch.from_numpy(positions[2]), 3)
         sampled = (planes[below - low] * (1 - weight) + planes[above - low] * weight).transpose(0, 1)
         labels[start : start + len(rows)] = _labels_of(sampled, activation, threshold).numpy()
         if keep:
@@ -236,11 +318,29 @@ def _resample_probabilities(
     return labels, kept
 
 
-def _sliding_window(network: Any, image: Any, card: Any, device: str, batch: int, progress: Progress) -> Any:
+def _nearest_labels(labels: Any, grid: ModelGrid) -> np.ndarray:
+    """Model-grid labels (d, h, w) on the oriented input grid by nearest neighbour (ties to even, as torch)."""
+    source = labels.numpy()
+    index = [np.clip(np.rint(p).astype(np.intp), 0, n - 1) for p, n in zip(grid.input_positions(), source.shape)]
+    return source[np.ix_(*index)]
+
+
+def _sliding_window(
+    network: Any, image: Any, card: Any, device: str, batch: int, progress: Progress, stitch: str | None = None
+) -> Any:
+    """Logits (1, C, d, h, w) as float32 on the CPU. Windows run on ``device``; the whole-volume output is
+    stitched on ``stitch`` (default the same device; "cpu" keeps a big output out of GPU memory, as MONAI's
+    ``sw_device`` / ``device`` do)."""
     import torch
     from monai.inferers import sliding_window_inference
 
+    stitch = stitch or device
     roi = tuple(int(v) for v in card["roi_size"])[::-1]
+    # MONAI bundles were trained on (x, y, z) tensors: their networks see the i, j, k axes in that order, not
+    # the (k, j, i) of CTDeepSeg's arrays.
+    xyz = card.get("axes") == "ijk"
+    if xyz:
+        image, roi = image.permute(0, 1, 4, 3, 2), roi[::-1]
     overlap = float(card.get("overlap", 0.5))
     total = max(window_count(tuple(image.shape[2:]), roi, overlap), 1)
     seen = [0]
@@ -253,11 +353,34 @@ def _sliding_window(network: Any, image: Any, card: Any, device: str, batch: int
     network.to(device)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
         logits = sliding_window_inference(
-            image.to(device), roi, batch, predictor, overlap=overlap, mode=card.get("blend", "gaussian")
+            image.to(stitch),
+            roi,
+            batch,
+            predictor,
+            overlap=overlap,
+            mode=card.get("blend", "gaussian"),
+            padding_mode=card.get("padding_mode", "constant"),
+            sw_device=device,
+            device=stitch,
         )
-    if card.get("activation", "softmax") == "sigmoid":
-        return torch.sigmoid(logits.float()).cpu()
-    return torch.softmax(logits.float(), dim=1).cpu()
+    logits = logits.float().cpu()
+    return logits.permute(0, 1, 4, 3, 2) if xyz else logits
+
+
+def _activate_(logits: Any, activation: str) -> Any:
+    """Probabilities from logits in place (no second whole-volume float copy)."""
+    import torch
+
+    with torch.inference_mode():  # the logits are inference tensors: changed in place only in this mode
+        if activation == "sigmoid":
+            return logits.sigmoid_()
+        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+        return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
+def _logit(probability: float) -> float:
+    probability = min(max(probability, 1e-7), 1 - 1e-7)
+    return math.log(probability / (1 - probability))
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -266,25 +389,31 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def run_with_fallback(run: Any, device: str, batch: int, notes: list[str]) -> Any:
-    """Call ``run(device, batch)``; on out-of-memory halve the batch, then move to the CPU, noting each retry."""
+def run_with_fallback(run: Any, device: str, batch: int, notes: list[str], stitch_on_cpu: bool = False) -> Any:
+    """Call ``run(device, batch)``; on out-of-memory halve the batch, then move to the CPU, noting each retry.
+
+    With ``stitch_on_cpu``, ``run(device, batch, stitch)`` gets one more chance on the GPU before the CPU: windows
+    on the GPU, the whole-volume output stitched in CPU memory (a 105-class model's output does not fit a GPU)."""
     import torch
 
-    attempts = [(device, b) for b in sorted({batch, max(batch // 2, 1), 1}, reverse=True)]
+    attempts = [(device, b, device) for b in sorted({batch, max(batch // 2, 1), 1}, reverse=True)]
     if device != "cpu":
-        attempts.append(("cpu", 1))
-    for index, (where, size) in enumerate(attempts):
+        if stitch_on_cpu:
+            attempts.append((device, 1, "cpu"))
+        attempts.append(("cpu", 1, "cpu"))
+    for index, (where, size, stitch) in enumerate(attempts):
         try:
-            return run(where, size)
+            return run(where, size, stitch) if stitch_on_cpu else run(where, size)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             if not _is_out_of_memory(error) or index == len(attempts) - 1:
                 raise
             if where.startswith("cuda"):
                 torch.cuda.empty_cache()
             following = attempts[index + 1]
+            tail = ", stitching on the CPU" if following[2] == "cpu" and following[0] != "cpu" else ""
             notes.append(
                 f"Out of memory on {where} with {size} window(s) at a time; retrying on {following[0]} with "
-                f"{following[1]}."
+                f"{following[1]}{tail}."
             )
     raise AssertionError("unreachable")
 
@@ -308,22 +437,35 @@ def segment_volume(
     device = pick_device(device)
     notes: list[str] = []
     progress.update(0.0, "Preparing")
-    grid = model_grid(volume, card, crop_to_body)
+    grid = model_grid(volume, card, crop_to_body and card.get("crop_to_body", True))
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     windows = progress.step(0.02, 0.9)
-    probabilities = run_with_fallback(
-        lambda where, batch: _sliding_window(network, image, card, where, batch, windows), device, sw_batch_size, notes
+    logits = run_with_fallback(
+        lambda where, batch, stitch: _sliding_window(network, image, card, where, batch, windows, stitch),
+        device,
+        sw_batch_size,
+        notes,
+        stitch_on_cpu=True,
     )
     activation = card.get("activation", "softmax")
-    labels, kept = _resample_probabilities(
-        probabilities,
-        grid.oriented_shape,
-        keep_probabilities,
-        progress.step(0.9, 0.97),
-        activation,
-        float(card.get("threshold", 0.5)),
-    )
+    threshold = float(card.get("threshold", 0.5))
+    if card.get("invert") == "nearest" and grid.corner_aligned and not keep_probabilities:
+        # the bundle labels on its own grid, then maps labels back by nearest neighbour (MONAI's Invertd with
+        # nearest_interp): labels straight from the logits (same argmax, threshold moved to logit space), and
+        # one uint8 volume travels back instead of every class's probabilities
+        cut = _logit(threshold) if activation == "sigmoid" else threshold
+        labels, kept = _nearest_labels(_labels_of(logits[0], activation, cut), grid), None
+    else:
+        labels, kept = _resample_probabilities(
+            _activate_(logits, activation),
+            grid.oriented_shape,
+            keep_probabilities,
+            progress.step(0.9, 0.97),
+            activation,
+            threshold,
+            positions=grid.input_positions() if grid.corner_aligned else None,
+        )
     full = np.zeros(volume.shape, dtype=np.uint8)
     full[box] = _from_target(labels, order, flips)
     result_labels = volume.with_array(full)

@@ -27,7 +27,7 @@ from .detector import DETECTOR_CLASS, build_detector
 from .errors import CTDeepSegError
 from .model_paths import find_model_folders
 
-NETWORKS = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "AttentionUnet")
+NETWORKS = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "AttentionUnet", "SwinUNETR")
 # softmax: channel 0 is background, labels by argmax; sigmoid: channel c is label c + 1, kept above "threshold".
 ACTIVATIONS = ("softmax", "sigmoid")
 _REQUIRED = (

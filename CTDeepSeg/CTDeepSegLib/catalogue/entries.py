@@ -77,6 +77,19 @@ def find_release(spec: str, entries: list[dict] | None = None) -> Release:
     return Release(entry, chosen["version"], tuple(chosen["urls"]), chosen.get("sha1"))
 
 
+def release_for_file(path: Path, entries: list[dict] | None = None) -> Release:
+    """The catalogue release a downloaded zip is, from its file name as published (an offline import)."""
+    entries = load_catalogue() if entries is None else entries
+    for entry in entries:
+        for version in entry["versions"]:
+            if any(url.rsplit("/", 1)[-1].split("?", 1)[0] == path.name for url in version["urls"]):
+                return Release(entry, version["version"], tuple(version["urls"]), version.get("sha1"))
+    raise CTDeepSegError(
+        f"{path.name}: no catalogue model is published under this file name; keep the name it was downloaded "
+        "with, or install it with `ctdeepseg pull NAME --from FILE`."
+    )
+
+
 def _pins_path(models: Path) -> Path:
     return models / ".catalogue-pins.json"
 

@@ -92,7 +92,11 @@ def install_archive(archive: Path, release: Release, digests: dict[str, str], so
                 raise CTDeepSegError(f"{models}: the disk is full; free some space. Nothing was installed.") from None
             raise
         root = _model_root(unpacked)
-        check_model(root)
+        try:
+            check_model(root)
+        except CTDeepSegError as error:  # name the model's files, not the temporary folder they were checked in
+            message = str(error).replace(f"{root}{os.sep}", f"{release.name}/").replace(str(root), release.name)
+            raise CTDeepSegError(f"{message} Nothing was installed.") from None
         manifest = {
             "name": release.name,
             "version": release.version,
