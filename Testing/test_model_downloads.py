@@ -290,3 +290,42 @@ def test_command_line_pull_and_available_listing(tmp_path, monkeypatch, server, 
     assert "installed 1.0.0" in capsys.readouterr().out
     assert main(["pull", f"{NAME}@9.9"]) == 2
     assert "has no version '9.9' in the catalogue; versions: 1.0.0" in capsys.readouterr().err
+
+
+def test_auto3dseg_zip_with_a_nested_folder_installs_and_pins_its_checksum(tmp_path, monkeypatch, server, home):
+    from monai.networks.nets import SegResNetDS
+
+    network = SegResNetDS(init_filters=4, blocks_down=[1, 1], in_channels=1, out_channels=3, norm="INSTANCE")
+    config = {
+        "network": {"_target_": "SegResNetDS", "init_filters": 4, "blocks_down": [1, 1], "in_channels": 1},
+        "resample_resolution": [3.0, 3.0, 3.0],
+        "normalize_mode": "range",
+        "intensity_bounds": [-200.0, 300.0],
+        "roi_size": [32, 32, 32],
+    }
+    config["network"]["out_channels"], config["network"]["norm"] = 3, "INSTANCE_NVFUSER"
+    buffer = io.BytesIO()
+    weights = io.BytesIO()
+    torch.save({"state_dict": network.state_dict(), "config": config}, weights)
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("abdomen-v1.0.0/model/model.pt", weights.getvalue())
+        archive.writestr("abdomen-v1.0.0/model/labels.csv", "LabelValue,Name\n1,liver\n2,spleen\n")
+    data = buffer.getvalue()
+    server.files["/abdomen-v1.0.0.zip"] = Served(data)
+    catalogue(tmp_path, monkeypatch, [server.url("/abdomen-v1.0.0.zip")], None, format="auto3dseg-segresnet")
+    folder = pull(NAME)
+    assert sorted(path.name for path in folder.iterdir()) == [MANIFEST, "labels.csv", "model.pt"]
+    card, _ = open_model(NAME)
+    assert [label.name for label in card.labels] == ["liver", "spleen"] and card["spacing"] == [3.0, 3.0, 3.0]
+    pins = json.loads((home / ".catalogue-pins.json").read_text())
+    assert pins == {f"{NAME}@1.0.0": hashlib.sha256(data).hexdigest()}
+
+
+def test_zip_without_a_model_is_refused(tmp_path, monkeypatch, server, home):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme.txt", "no model here")
+    _bad_zip(tmp_path, monkeypatch, server, buffer.getvalue())
+    with pytest.raises(CTDeepSegError, match=r"m\.zip: holds no models .* Nothing was installed"):
+        pull(NAME)
+    assert_nothing_installed(home)

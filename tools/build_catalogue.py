@@ -214,8 +214,8 @@ def auto3dseg_entries(folder: Path) -> list[dict]:
                     "gpu_s": model.get("segmentationTimeSecGPU"),
                     "cpu_s": model.get("segmentationTimeSecCPU"),
                 },
-                "supported": False,
-                "why_not": "Auto3DSeg checkpoints are not read yet"
+                "supported": channels == 1,
+                "why_not": None
                 if channels == 1
                 else f"takes {channels} input volumes; CTDeepSeg runs single-volume models",
             }

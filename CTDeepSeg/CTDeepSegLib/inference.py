@@ -126,7 +126,7 @@ class ModelGrid:
         if normalisation is None:
             labels = torch.from_numpy(np.ascontiguousarray(oriented, dtype=np.float32))[None, None]
             return torch.nn.functional.interpolate(labels, size=self.size_kji, mode="nearest-exact")
-        if normalisation["kind"] == "steps" or self.corner_aligned:  # as MONAI: resample, then normalise
+        if normalisation.get("after_resampling", self.corner_aligned):  # as MONAI bundles: resample, normalise
             resampled = self._linear(np.ascontiguousarray(oriented, dtype=np.float32))
             return torch.from_numpy(normalise(resampled.numpy(), normalisation))
         return self._linear(np.ascontiguousarray(normalise(oriented, normalisation)))
@@ -158,14 +158,37 @@ def lerp_axis(tensor: Any, positions: Any, axis: int) -> Any:
     return tensor.index_select(axis, below) * (1 - weight) + tensor.index_select(axis, above) * weight
 
 
+def _crop_box(volume: Volume, card: Any, crop_to_body: bool) -> tuple[slice, ...]:
+    """The part of the volume the model sees: the caller's whole volume, the non-zero voxels plus a margin
+    (MONAI's CropForeground, as Auto3DSeg models run), the body (CTDeepSeg's own models), or all of it."""
+    whole = tuple(slice(0, n) for n in volume.shape)
+    crop = card.get("crop")
+    if not crop_to_body:
+        return whole
+    if crop and crop.get("kind") == "foreground":
+        box = bounding_box(volume.array > 0)
+        margin = int(crop.get("margin", 0))
+        if box is None:
+            return whole
+        return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, volume.shape))
+    return body_box(volume, card["modality"]) if card.get("crop_to_body", True) else whole
+
+
 def model_grid(volume: Volume, card: Any, crop_to_body: bool = True) -> ModelGrid:
     """The ``ModelGrid`` of ``volume`` for a model ``card`` (spacing, orientation, modality); without
-    ``crop_to_body`` the whole volume is kept (a crop already chosen by the caller, e.g. around a finding)."""
-    box = body_box(volume, card["modality"]) if crop_to_body else tuple(slice(0, n) for n in volume.shape)
-    order, flips = reorientation(axis_codes(volume.direction), card["orientation"])
+    ``crop_to_body`` the whole volume is kept (a crop already chosen by the caller, e.g. around a finding).
+
+    A card may leave the orientation ``"native"`` and the spacing None (the volume's own), and give a
+    ``spacing_tolerance`` (an axis whose spacing is within those factors of the model's is not resampled)."""
+    box = _crop_box(volume, card, crop_to_body)
+    own = axis_codes(volume.direction)
+    order, flips = reorientation(own, own if card["orientation"] == "native" else card["orientation"])
     shape = tuple(volume.array[box].shape[::-1][axis] for axis in order)[::-1]
     spacing_ijk = volume.spacing[order]
-    target = np.asarray(card["spacing"], dtype=np.float64)
+    target = np.asarray(spacing_ijk if card.get("spacing") is None else card["spacing"], dtype=np.float64)
+    if card.get("spacing_tolerance"):
+        low, high = card["spacing_tolerance"]
+        target = np.where((spacing_ijk >= low * target) & (spacing_ijk <= high * target), spacing_ijk, target)
     scale_kji = tuple(float(t / s) for s, t in zip(spacing_ijk[::-1], target[::-1]))
     if card.get("grid") == "monai":
         size_kji = tuple(max(1, round((n - 1) / scale + 1)) for n, scale in zip(shape, scale_kji))
@@ -217,7 +240,8 @@ def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
 
 
 def _monai_steps(array: np.ndarray, steps: list[dict]) -> np.ndarray:
-    """MONAI's ScaleIntensityRange, NormalizeIntensity and ScaleIntensity (one channel), in the bundle's order."""
+    """MONAI's ScaleIntensityRange, NormalizeIntensity and ScaleIntensity, and a sigmoid or scaled tanh (one
+    channel; what bundles and Auto3DSeg models apply), in the model's order."""
     out = array.astype(np.float32, copy=True)
     for step in steps:
         if step["op"] == "ScaleIntensityRange":
@@ -232,6 +256,11 @@ def _monai_steps(array: np.ndarray, steps: list[dict]) -> np.ndarray:
                 values = out[where]
                 std = float(values.std())
                 out[where] = (values - values.mean()) / (std if std != 0.0 else 1.0)
+        elif step["op"] == "Sigmoid":
+            out = 1.0 / (1.0 + np.exp(-out))
+        elif step["op"] == "Tanh":
+            scale = float(step["scale"])
+            out = scale * np.tanh(out / scale)
         elif step["op"] == "ScaleIntensity":
             low, high = float(out.min()), float(out.max())
             minv, maxv = float(step["minv"]), float(step["maxv"])
@@ -425,7 +454,7 @@ def segment_volume(
     device: str = "auto",
     keep_probabilities: bool = False,
     postprocess_labels: bool = True,
-    sw_batch_size: int = 4,
+    sw_batch_size: int | None = None,
     progress: Progress | None = None,
     crop_to_body: bool = True,
 ) -> SegmentationResult:
@@ -437,14 +466,14 @@ def segment_volume(
     device = pick_device(device)
     notes: list[str] = []
     progress.update(0.0, "Preparing")
-    grid = model_grid(volume, card, crop_to_body and card.get("crop_to_body", True))
+    grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     windows = progress.step(0.02, 0.9)
     logits = run_with_fallback(
         lambda where, batch, stitch: _sliding_window(network, image, card, where, batch, windows, stitch),
         device,
-        sw_batch_size,
+        sw_batch_size or int(card.get("sw_batch_size", 4)),  # the caller's, else the model's (bundles say)
         notes,
         stitch_on_cpu=True,
     )
@@ -455,7 +484,11 @@ def segment_volume(
         # nearest_interp): labels straight from the logits (same argmax, threshold moved to logit space), and
         # one uint8 volume travels back instead of every class's probabilities
         cut = _logit(threshold) if activation == "sigmoid" else threshold
-        labels, kept = _nearest_labels(_labels_of(logits[0], activation, cut), grid), None
+        if card.get("axes") == "ijk":  # label in the network's own (contiguous) axis order, then turn the labels
+            labels = _labels_of(logits.permute(0, 1, 4, 3, 2)[0], activation, cut).permute(2, 1, 0)
+        else:
+            labels = _labels_of(logits[0], activation, cut)
+        labels, kept = _nearest_labels(labels, grid), None
     else:
         labels, kept = _resample_probabilities(
             _activate_(logits, activation),

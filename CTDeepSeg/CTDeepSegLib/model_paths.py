@@ -32,11 +32,15 @@ def model_search_paths() -> list[Path]:
 
 
 def find_model_folders() -> list[Path]:
-    """Every model folder (``model.json``) and MONAI bundle (``configs/metadata.json``) on the search path."""
+    """Every model folder (``model.json``), MONAI bundle (``configs/metadata.json``) and MONAIAuto3DSeg model
+    (``model.pt`` with ``labels.csv``) on the search path."""
     found = []
     for root in model_search_paths():
         if root.is_dir():
             cards = {card.parent for card in root.glob("*/model.json")}
             bundles = {meta.parent.parent for meta in root.glob("*/configs/metadata.json")}
-            found.extend(sorted(cards | bundles))
+            auto3dseg = {
+                labels.parent for labels in root.glob("*/labels.csv") if (labels.parent / "model.pt").is_file()
+            }
+            found.extend(sorted(cards | bundles | auto3dseg))
     return found

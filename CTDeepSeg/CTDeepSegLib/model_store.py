@@ -27,7 +27,7 @@ from .detector import DETECTOR_CLASS, build_detector
 from .errors import CTDeepSegError
 from .model_paths import find_model_folders
 
-NETWORKS = ("UNet", "BasicUNet", "SegResNet", "DynUNet", "AttentionUnet", "SwinUNETR")
+NETWORKS = ("UNet", "BasicUNet", "SegResNet", "SegResNetDS", "DynUNet", "AttentionUnet", "SwinUNETR")
 # softmax: channel 0 is background, labels by argmax; sigmoid: channel c is label c + 1, kept above "threshold".
 ACTIVATIONS = ("softmax", "sigmoid")
 _REQUIRED = (
@@ -207,9 +207,12 @@ def save_model(
 
 def card_of(folder: Path) -> ModelCard:
     """The card of a model folder or of a MONAI bundle."""
+    from .auto3dseg import auto3dseg_card, is_auto3dseg
     from .bundle import bundle_card, is_bundle
 
-    return bundle_card(folder) if is_bundle(folder) else read_card(folder)
+    if is_bundle(folder):
+        return bundle_card(folder)
+    return auto3dseg_card(folder) if is_auto3dseg(folder) else read_card(folder)
 
 
 def open_model(name_or_path: str | Path | None, task: str | None = None) -> tuple[ModelCard, Any]:
@@ -217,12 +220,16 @@ def open_model(name_or_path: str | Path | None, task: str | None = None) -> tupl
 
     ``task`` ("segmentation" or "detection"), when given, refuses a model made for the other one with a message
     rather than letting the wrong network fail deep inside inference."""
+    from .auto3dseg import is_auto3dseg, load_auto3dseg
     from .bundle import is_bundle, load_bundle
     from .catalogue.install import verify_installed
 
     folder = resolve_model(name_or_path)
     verify_installed(folder)
-    card, network = load_bundle(folder) if is_bundle(folder) else load_model(folder)
+    if is_bundle(folder):
+        card, network = load_bundle(folder)
+    else:
+        card, network = load_auto3dseg(folder) if is_auto3dseg(folder) else load_model(folder)
     if task is not None and card["task"] != task:
         raise CTDeepSegError(f"{card.name} is a {card['task']} model; choose a {task} model.")
     return card, network

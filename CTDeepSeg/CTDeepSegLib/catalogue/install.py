@@ -49,12 +49,24 @@ def verify_installed(folder: Path) -> None:
             )
 
 
-def _model_root(unpacked: Path) -> Path:
-    """The folder holding the model: the zip's single top-level folder, or the zip's root."""
+_MARKERS = ("model.json", "configs/metadata.json", "labels.csv")  # a CTDeepSeg model, a bundle, an Auto3DSeg model
+
+
+def _model_root(unpacked: Path, where: str) -> Path:
+    """The folder holding the model: the zip's root or single top-level folder, else the one folder below
+    that holds a model (MONAIAuto3DSeg zips nest it)."""
     entries = [path for path in unpacked.iterdir() if not path.name.startswith(("__MACOSX", "."))]
-    if len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
-    return unpacked
+    root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+    if any((root / marker).is_file() for marker in _MARKERS):
+        return root
+    found = {path.parent for path in root.rglob("model.json")} | {path.parent for path in root.rglob("labels.csv")}
+    found |= {path.parent.parent for path in root.rglob("configs/metadata.json")}
+    if len(found) == 1:
+        return found.pop()
+    raise CTDeepSegError(
+        f"{where}: holds {len(found) or 'no'} models (a model.json, configs/metadata.json or labels.csv with "
+        "model.pt); expected exactly one. Nothing was installed."
+    )
 
 
 def check_model(folder: Path) -> str:
@@ -91,7 +103,7 @@ def install_archive(archive: Path, release: Release, digests: dict[str, str], so
             if error.errno == errno.ENOSPC:
                 raise CTDeepSegError(f"{models}: the disk is full; free some space. Nothing was installed.") from None
             raise
-        root = _model_root(unpacked)
+        root = _model_root(unpacked, archive.name)
         try:
             check_model(root)
         except CTDeepSegError as error:  # name the model's files, not the temporary folder they were checked in
