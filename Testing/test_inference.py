@@ -269,3 +269,34 @@ def test_labels_from_softmax_argmax_and_from_sigmoid_threshold():
     # sigmoid: channel c is label c + 1; the most probable channel strictly above the threshold, else 0
     assert _labels_of(probabilities, "sigmoid", 0.5).flatten().tolist() == [2, 0, 0, 3]
     assert _labels_of(probabilities, "sigmoid", 0.15).flatten().tolist() == [2, 1, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "shape, activation",
+    [((70, 50, 40), "softmax"), ((40, 120, 90), "sigmoid"), ((150, 50, 40), "softmax"), ((70, 200, 40), "sigmoid")],
+)
+def test_slab_labels_are_monai_sliding_window_labels(shape, activation):
+    """Labels taken slab by slab equal the argmax of MONAI's fully stitched sliding window: windows several deep
+    along every axis, one axis smaller than the window (padded as MONAI pads), slabs along each of the three
+    axes (the one most windows deep)."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import UNet
+
+    from CTDeepSegLib.inference import _labels_by_slab, _labels_of, _logit
+    from CTDeepSegLib.jobs import Progress
+
+    torch.manual_seed(0)
+    network = UNet(3, 1, 6, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    image = torch.randn(1, 1, *shape)
+    card = {"roi_size": [32, 48, 64], "overlap": 0.5, "blend": "gaussian", "padding_mode": "replicate"}
+    card.update(axes="ijk", activation=activation, threshold=0.6)
+    with torch.inference_mode():
+        stitched = sliding_window_inference(
+            image.permute(0, 1, 4, 3, 2), (32, 48, 64), 2, network, 0.5, "gaussian", padding_mode="replicate"
+        )
+    cut = _logit(0.6) if activation == "sigmoid" else 0.6
+    expected = _labels_of(stitched[0], activation, cut).permute(2, 1, 0)
+    ours = _labels_by_slab(network, image, card, "cpu", 2, Progress())
+    assert ours.shape == expected.shape == shape
+    assert float((ours == expected).float().mean()) >= 0.9999
+    assert len(torch.unique(expected)) >= 3

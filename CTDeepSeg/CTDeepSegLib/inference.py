@@ -377,9 +377,10 @@ def _sliding_window(
     def predictor(windows: torch.Tensor) -> torch.Tensor:
         progress.update(seen[0] / total, f"Segmenting ({device})")
         seen[0] += windows.shape[0]
-        return network(windows)
+        return network(windows.contiguous(memory_format=torch.channels_last_3d))
 
-    network.to(device)
+    # channels-last 3D convolutions: about 1.35x faster on the CPU (oneDNN), and what GPUs prefer too
+    network.to(device, memory_format=torch.channels_last_3d)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
         logits = sliding_window_inference(
             image.to(stitch),
@@ -394,6 +395,109 @@ def _sliding_window(
         )
     logits = logits.float().cpu()
     return logits.permute(0, 1, 4, 3, 2) if xyz else logits
+
+
+def _along(axis: int, part: slice) -> tuple:
+    """An index of a (batch, channel, d, h, w) tensor taking ``part`` of spatial ``axis`` and all of the rest."""
+    index = [slice(None)] * 5
+    index[2 + axis] = part
+    return tuple(index)
+
+
+def _labels_by_slab(
+    network: Any,
+    image: Any,
+    card: Any,
+    device: str,
+    batch: int,
+    progress: Progress,
+    stitch: str | None = None,
+) -> Any:
+    """Labels (d, h, w, uint8, in the model's (k, j, i) order) from a sliding window whose blended logits are
+    never held for the whole volume.
+
+    Why: a 105-class model's logits for a whole-body CT are several GB; MONAI stitches them all before the
+    argmax. The windows, their Gaussian weights and the sums are exactly MONAI's (``dense_patch_slices``,
+    ``compute_importance_map``; up to the order of addition), but windows are visited slab by slab along the
+    image's longest axis (in windows), and a slab's labels are taken, and its logits freed, as soon as no later
+    window reaches it: one window's depth of logits is all that is ever in memory.
+    """
+    import torch
+    from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
+    from monai.inferers.utils import _get_scan_interval
+    from monai.utils import PytorchPadMode, look_up_option
+
+    stitch = stitch or device
+    roi = tuple(int(v) for v in card["roi_size"])[::-1]
+    xyz = card.get("axes") == "ijk"
+    if xyz:  # the network's own axis order (see _sliding_window)
+        image, roi = image.permute(0, 1, 4, 3, 2), roi[::-1]
+    original = tuple(image.shape[2:])
+    pad = []
+    for axis in range(4, 1, -1):  # MONAI's padding of an image smaller than the window
+        missing = max(roi[axis - 2] - image.shape[axis], 0)
+        pad.extend([missing // 2, missing - missing // 2])
+    if any(pad):
+        mode = look_up_option(card.get("padding_mode", "constant"), PytorchPadMode)
+        image = torch.nn.functional.pad(image, pad=pad, mode=mode, value=0.0)
+    size = tuple(image.shape[2:])
+    overlap = float(card.get("overlap", 0.5))
+    windows = dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3), return_slice=True)
+    weight = compute_importance_map(
+        get_valid_patch_size(size, roi), mode=card.get("blend", "gaussian"), sigma_scale=0.125, device=device
+    )[None, None].to(image.dtype)
+    count = torch.zeros((1, 1, *size), dtype=image.dtype, device=stitch)
+    for window in windows:
+        count[(slice(None), slice(None), *window)] += weight.to(stitch)
+    activation = card.get("activation", "softmax")
+    threshold = float(card.get("threshold", 0.5))
+    cut = _logit(threshold) if activation == "sigmoid" else threshold
+    slab_axis = max(range(3), key=lambda a: size[a] / roi[a])
+    depth = roi[slab_axis]
+    labels = torch.zeros(size, dtype=torch.uint8)
+    # blended logits of planes low ... low + depth along the slab axis: one window deep, allocated once
+    buffer, low = None, 0
+
+    def finish(stop: int) -> None:
+        """Label the planes before ``stop`` (no later window reaches them) and move the rest to the front."""
+        nonlocal low
+        done = min(stop - low, depth)
+        slab = buffer[_along(slab_axis, slice(0, done))]
+        slab /= count[_along(slab_axis, slice(low, low + done))]
+        labels[_along(slab_axis, slice(low, low + done))[2:]] = _labels_of(slab[0].cpu(), activation, cut)
+        for plane in range(depth - done):  # forward, plane by plane: the source is always ahead of the target
+            buffer[_along(slab_axis, slice(plane, plane + 1))] = buffer[
+                _along(slab_axis, slice(plane + done, plane + done + 1))
+            ]
+        buffer[_along(slab_axis, slice(depth - done, depth))] = 0
+        low += done
+
+    starts = sorted({window[slab_axis].start for window in windows})
+    network.to(device, memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+        for start in starts:
+            group = [window for window in windows if window[slab_axis].start == start]
+            if buffer is not None and start > low:
+                finish(start)  # starts grow by less than a window, so the group fits the buffer again
+            for first in range(0, len(group), batch):
+                chunk = group[first : first + batch]
+                progress.update(windows.index(chunk[0]) / len(windows), f"Segmenting ({device})")
+                data = torch.cat([image[(slice(None), slice(None), *window)] for window in chunk]).to(device)
+                output = network(data.contiguous(memory_format=torch.channels_last_3d)).float()
+                output = output.mul_(weight).to(stitch)
+                if buffer is None:
+                    shape = list(size)
+                    shape[slab_axis] = depth
+                    buffer = torch.zeros((1, output.shape[1], *shape), device=stitch)
+                for window, values in zip(chunk, output):
+                    place = list(window)
+                    place[slab_axis] = slice(window[slab_axis].start - low, window[slab_axis].stop - low)
+                    buffer[(slice(None), slice(None), *place)] += values[None]
+        while low < size[slab_axis]:
+            finish(size[slab_axis])
+    crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + n) for a, n in enumerate(original))
+    labels = labels[crop]
+    return labels.permute(2, 1, 0) if xyz else labels
 
 
 def _activate_(logits: Any, activation: str) -> Any:
@@ -470,26 +574,29 @@ def segment_volume(
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     windows = progress.step(0.02, 0.9)
-    logits = run_with_fallback(
-        lambda where, batch, stitch: _sliding_window(network, image, card, where, batch, windows, stitch),
-        device,
-        sw_batch_size or int(card.get("sw_batch_size", 4)),  # the caller's, else the model's (bundles say)
-        notes,
-        stitch_on_cpu=True,
-    )
     activation = card.get("activation", "softmax")
     threshold = float(card.get("threshold", 0.5))
+    batch = sw_batch_size or int(card.get("sw_batch_size", 4))  # the caller's, else the model's (bundles say)
     if card.get("invert") == "nearest" and grid.corner_aligned and not keep_probabilities:
-        # the bundle labels on its own grid, then maps labels back by nearest neighbour (MONAI's Invertd with
-        # nearest_interp): labels straight from the logits (same argmax, threshold moved to logit space), and
-        # one uint8 volume travels back instead of every class's probabilities
-        cut = _logit(threshold) if activation == "sigmoid" else threshold
-        if card.get("axes") == "ijk":  # label in the network's own (contiguous) axis order, then turn the labels
-            labels = _labels_of(logits.permute(0, 1, 4, 3, 2)[0], activation, cut).permute(2, 1, 0)
-        else:
-            labels = _labels_of(logits[0], activation, cut)
-        labels, kept = _nearest_labels(labels, grid), None
+        # the model labels on its own grid, then maps labels back by nearest neighbour (MONAI's Invertd with
+        # nearest_interp): labels straight from the logits, slab by slab (same argmax, threshold moved to logit
+        # space), and one uint8 volume travels back instead of every class's probabilities
+        model_labels = run_with_fallback(
+            lambda where, size, stitch: _labels_by_slab(network, image, card, where, size, windows, stitch),
+            device,
+            batch,
+            notes,
+            stitch_on_cpu=True,
+        )
+        labels, kept = _nearest_labels(model_labels, grid), None
     else:
+        logits = run_with_fallback(
+            lambda where, size, stitch: _sliding_window(network, image, card, where, size, windows, stitch),
+            device,
+            batch,
+            notes,
+            stitch_on_cpu=True,
+        )
         labels, kept = _resample_probabilities(
             _activate_(logits, activation),
             grid.oriented_shape,
