@@ -1131,9 +1131,14 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         from CTDeepSegLib.model_paths import user_models_folder
 
         models = user_models_folder()
+        try:
+            entries = load_catalogue()
+        except CTDeepSegError as error:  # the panel still works with the installed models
+            logging.warning(str(error))
+            return []
         return [
             entry
-            for entry in load_catalogue()
+            for entry in entries
             if entry["supported"] and entry["task"] == task and read_manifest(models / entry["name"]) is None
         ]
 

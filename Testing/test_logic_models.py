@@ -48,3 +48,12 @@ def test_imported_zip_is_recognised_by_its_published_name(ctdeepseg_module, tmp_
     assert f"from {downloaded}" in logic.downloadNotice(entry, str(downloaded))
     assert logic.pullModel(NAME, source=str(downloaded)) == str(home / NAME)
     assert downloaded.is_file()  # the user's file stays where it was
+
+
+def test_an_unreadable_catalogue_leaves_the_installed_models(ctdeepseg_module, tmp_path, monkeypatch, home):
+    broken = tmp_path / "catalogue.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv("CTDEEPSEG_CATALOGUE", str(broken))
+    logic = ctdeepseg_module.CTDeepSegLogic()
+    assert logic.downloadableModels() == []
+    assert any(card.name == "ctdeepseg-phantom-ct" for card in logic.availableModels())

@@ -577,28 +577,23 @@ def segment_volume(
     activation = card.get("activation", "softmax")
     threshold = float(card.get("threshold", 0.5))
     batch = sw_batch_size or int(card.get("sw_batch_size", 4))  # the caller's, else the model's (bundles say)
-    if card.get("invert") == "nearest" and grid.corner_aligned and not keep_probabilities:
-        # the model labels on its own grid, then maps labels back by nearest neighbour (MONAI's Invertd with
-        # nearest_interp): labels straight from the logits, slab by slab (same argmax, threshold moved to logit
-        # space), and one uint8 volume travels back instead of every class's probabilities
-        model_labels = run_with_fallback(
-            lambda where, size, stitch: _labels_by_slab(network, image, card, where, size, windows, stitch),
-            device,
-            batch,
-            notes,
-            stitch_on_cpu=True,
-        )
-        labels, kept = _nearest_labels(model_labels, grid), None
+    # A model that labels on its own grid and maps labels back by nearest neighbour (MONAI's Invertd with
+    # nearest_interp) gets labels straight from the logits, slab by slab (same argmax, threshold moved to logit
+    # space): one uint8 volume travels back instead of every class's probabilities.
+    nearest = card.get("invert") == "nearest" and grid.corner_aligned and not keep_probabilities
+    run = _labels_by_slab if nearest else _sliding_window
+    output = run_with_fallback(
+        lambda where, size, stitch: run(network, image, card, where, size, windows, stitch),
+        device,
+        batch,
+        notes,
+        stitch_on_cpu=True,
+    )
+    if nearest:
+        labels, kept = _nearest_labels(output, grid), None
     else:
-        logits = run_with_fallback(
-            lambda where, size, stitch: _sliding_window(network, image, card, where, size, windows, stitch),
-            device,
-            batch,
-            notes,
-            stitch_on_cpu=True,
-        )
         labels, kept = _resample_probabilities(
-            _activate_(logits, activation),
+            _activate_(output, activation),
             grid.oriented_shape,
             keep_probabilities,
             progress.step(0.9, 0.97),
