@@ -14,6 +14,7 @@ here at file scope: torch and MONAI load in the child process, or on first use f
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Callable, Sequence
@@ -548,7 +549,11 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.postprocessSegmentation = segmentationNode
             parameters.exportSegmentation = segmentationNode
             notes = " ".join(result.notes)
-            self.ui.statusLabel.text = f"Segmented in {result.seconds:.1f} s on {result.device}. {notes}".strip()
+            unsure = [f"{name} {value:.2f}" for name, value in result.confidence.items() if value < 0.8]
+            confidence = f"Low confidence: {', '.join(unsure)}." if unsure else ""
+            self.ui.statusLabel.text = (
+                f"Segmented in {result.seconds:.1f} s on {result.device}. {notes} {confidence}".strip()
+            )
 
         kwargs = {"model": str(card.folder), "device": parameters.device}
         self.runInBackground("Segmenting...", "segment", (volume,), kwargs, onDone=show)
@@ -1197,6 +1202,9 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         set_terminology(node, {label.name: label.snomed for label in card.labels if label.snomed}, self.terminology())
         place_beside(node, volumeNode)
         keep_original_prediction(node, result.labels, self.modelRecord(card))
+        # what the model was unsure of, and any scope warning, stay with the segmentation (saved with the scene)
+        node.SetAttribute("CTDeepSeg.confidence", json.dumps(result.confidence))
+        node.SetAttribute("CTDeepSeg.notes", json.dumps(result.notes))
         return node
 
     @staticmethod

@@ -296,7 +296,31 @@ def test_slab_labels_are_monai_sliding_window_labels(shape, activation):
         )
     cut = _logit(0.6) if activation == "sigmoid" else 0.6
     expected = _labels_of(stitched[0], activation, cut).permute(2, 1, 0)
-    ours = _labels_by_slab(network, image, card, "cpu", 2, Progress())
+    ours, confidence = _labels_by_slab(network, image, card, "cpu", 2, Progress())
     assert ours.shape == expected.shape == shape
     assert float((ours == expected).float().mean()) >= 0.9999
     assert len(torch.unique(expected)) >= 3
+    chosen = (torch.softmax(stitched[0], 0) if activation == "softmax" else torch.sigmoid(stitched[0])).amax(0)
+    chosen = chosen.permute(2, 1, 0)
+    for value in torch.unique(expected).tolist():
+        if value > 0:
+            mean = float(chosen[expected == value].mean())
+            assert confidence.sums[value] / confidence.counts[value] == pytest.approx(mean, abs=1e-3)
+
+
+def test_confidence_is_the_mean_probability_of_each_label_inside_it(tiny):
+    """On the model's own grid (spacing and orientation of the card) the reported confidence of each label is the
+    mean, over its voxels, of the probability the model gave that label."""
+    card, network = tiny
+    volume = make_phantom(shape=(24, 40, 40), spacing=(4.0, 4.0, 4.0), seed=5).image
+    result = segment_volume(volume, card, network, device="cpu", keep_probabilities=True, postprocess_labels=False)
+    names = {label.value: label.name for label in card.labels}
+    expected = {
+        names[value]: float(result.probabilities[value][result.labels.array == value].mean())
+        for value in np.unique(result.labels.array)
+        if value > 0
+    }
+    assert set(result.confidence) == set(expected) and expected
+    for name, value in expected.items():
+        assert result.confidence[name] == pytest.approx(value, abs=1e-3)
+    assert all(0.0 < value <= 1.0 for value in result.confidence.values())

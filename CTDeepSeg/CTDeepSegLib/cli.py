@@ -265,6 +265,7 @@ def command_segment(arguments: argparse.Namespace) -> int:
             arguments.probabilities is not None,
             not arguments.no_postprocess,
             progress=step,
+            strict=arguments.strict,
         )
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -272,6 +273,9 @@ def command_segment(arguments: argparse.Namespace) -> int:
         if arguments.probabilities is not None:
             write_probabilities(result.probabilities, volume, arguments.probabilities, overwrite=arguments.overwrite)
         print(f"{source} -> {target} ({result.seconds:.1f} s on {result.device})")
+        if result.confidence:
+            figures = ", ".join(f"{name} {value:.2f}" for name, value in result.confidence.items())
+            print(f"    confidence (mean probability inside each structure): {figures}")
 
     cases = cohort_inputs(arguments.input)
     output = Path(arguments.output)
@@ -589,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", help="model name or folder (default: the shipped CT model)")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
     segment.add_argument("--probabilities", help="also write per-class probabilities (4D .nii.gz), one case only")
+    segment.add_argument(
+        "--strict", action="store_true", help="refuse a scan outside the model's scope (modality, body region)"
+    )
     segment.add_argument("--no-postprocess", action="store_true", help="skip the model card's default clean-up")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     segment.set_defaults(handler=command_segment)

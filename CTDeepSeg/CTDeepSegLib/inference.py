@@ -37,6 +37,9 @@ class SegmentationResult:
     device: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # per label name: the mean probability of the chosen label over its voxels (on the model's grid); low values
+    # mark structures the model was unsure of
+    confidence: dict = field(default_factory=dict)
 
 
 def pick_device(name: str = "auto") -> str:
@@ -455,6 +458,10 @@ def _labels_by_slab(
     slab_axis = max(range(3), key=lambda a: size[a] / roi[a])
     depth = roi[slab_axis]
     labels = torch.zeros(size, dtype=torch.uint8)
+    confidence = _Confidence()
+    crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + n) for a, n in enumerate(original))
+    inside = torch.zeros(size, dtype=torch.bool)
+    inside[crop] = True
     # blended logits of planes low ... low + depth along the slab axis: one window deep, allocated once
     buffer, low = None, 0
 
@@ -464,7 +471,11 @@ def _labels_by_slab(
         done = min(stop - low, depth)
         slab = buffer[_along(slab_axis, slice(0, done))]
         slab /= count[_along(slab_axis, slice(low, low + done))]
-        labels[_along(slab_axis, slice(low, low + done))[2:]] = _labels_of(slab[0].cpu(), activation, cut)
+        values = _labels_of(slab[0].cpu(), activation, cut)
+        planes = _along(slab_axis, slice(low, low + done))[2:]
+        labels[planes] = values
+        measured = torch.where(inside[planes], values, torch.zeros_like(values))  # not the padding
+        confidence.add(measured, _chosen_probability(slab[0].cpu(), activation, logits=True))
         for plane in range(depth - done):  # forward, plane by plane: the source is always ahead of the target
             buffer[_along(slab_axis, slice(plane, plane + 1))] = buffer[
                 _along(slab_axis, slice(plane + done, plane + done + 1))
@@ -495,9 +506,44 @@ def _labels_by_slab(
                     buffer[(slice(None), slice(None), *place)] += values[None]
         while low < size[slab_axis]:
             finish(size[slab_axis])
-    crop = tuple(slice(pad[2 * (2 - a)], pad[2 * (2 - a)] + n) for a, n in enumerate(original))
     labels = labels[crop]
-    return labels.permute(2, 1, 0) if xyz else labels
+    return (labels.permute(2, 1, 0) if xyz else labels), confidence
+
+
+class _Confidence:
+    """Sums of the chosen label's probability and voxel counts per label value, slab by slab."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(256)
+        self.counts = np.zeros(256)
+
+    def add(self, labels: Any, probability: Any) -> None:
+        values = labels.numpy().ravel()
+        self.sums += np.bincount(values, weights=probability.numpy().ravel().astype(np.float64), minlength=256)
+        self.counts += np.bincount(values, minlength=256)
+
+    def by_name(self, card: Any) -> dict:
+        return {
+            label.name: round(float(self.sums[label.value] / self.counts[label.value]), 4)
+            for label in card.labels
+            if label.value < 256 and self.counts[label.value] > 0
+        }
+
+
+def _chosen_probability(scores: Any, activation: str, logits: bool) -> Any:
+    """The probability of the most probable class per voxel, from (C, ...) logits or probabilities, one channel
+    at a time (no whole-volume copy of every class)."""
+    import torch
+
+    top = scores.amax(0)
+    if not logits:
+        return top
+    if activation == "sigmoid":
+        return torch.sigmoid(top)
+    total = torch.zeros_like(top)
+    for channel in scores:
+        total += torch.exp(channel - top)
+    return 1.0 / total
 
 
 def _activate_(logits: Any, activation: str) -> Any:
@@ -561,14 +607,19 @@ def segment_volume(
     sw_batch_size: int | None = None,
     progress: Progress | None = None,
     crop_to_body: bool = True,
+    strict: bool = False,
 ) -> SegmentationResult:
-    """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid."""
+    """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid.
+
+    A scan outside the model's scope (``scope.check_scope``) is segmented with a warning in the result's notes,
+    or refused with ``strict``."""
+    from .scope import check_scope
 
     started = time.monotonic()
     progress = progress or Progress()
     volume.require_finite("input volume")
     device = pick_device(device)
-    notes: list[str] = []
+    notes: list[str] = check_scope(volume, card, strict)
     progress.update(0.0, "Preparing")
     grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
@@ -590,10 +641,17 @@ def segment_volume(
         stitch_on_cpu=True,
     )
     if nearest:
-        labels, kept = _nearest_labels(output, grid), None
+        model_labels, confidence = output
+        labels, kept = _nearest_labels(model_labels, grid), None
     else:
+        probabilities = _activate_(output, activation)
+        confidence = _Confidence()
+        cut = threshold if activation == "sigmoid" else 0.0
+        confidence.add(
+            _labels_of(probabilities[0], activation, cut), _chosen_probability(probabilities[0], activation, False)
+        )
         labels, kept = _resample_probabilities(
-            _activate_(output, activation),
+            probabilities,
             grid.oriented_shape,
             keep_probabilities,
             progress.step(0.9, 0.97),
@@ -616,4 +674,5 @@ def segment_volume(
 
         result_labels, _ = postprocess(result_labels, card["postprocessing"], progress=progress.step(0.97, 1.0))
     progress.update(1.0, "Segmentation done")
-    return SegmentationResult(result_labels, probability_volume, card, device, time.monotonic() - started, notes)
+    seconds = time.monotonic() - started
+    return SegmentationResult(result_labels, probability_volume, card, device, seconds, notes, confidence.by_name(card))
