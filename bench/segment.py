@@ -28,15 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "CTDeepSeg"))
 
 
-def run_ours(model: str, source: str, target: str, device: str) -> None:
+def run_ours(model: str, source: str, target: str, device: str, fast: bool = False) -> None:
     from CTDeepSegLib.inference import segment_volume
     from CTDeepSegLib.model_store import open_model
     from CTDeepSegLib.volume_io import read_volume, write_volume
 
     card, network = open_model(model)
     volume = read_volume(source)
-    result = segment_volume(volume, card, network, device, postprocess_labels=False)
+    result = segment_volume(volume, card, network, device, postprocess_labels=False, fast=fast)
     write_volume(result.labels, target)
+
+
+def run_ours_fast(model: str, source: str, target: str, device: str) -> None:
+    run_ours(model, source, target, device, fast=True)
 
 
 def run_monai(model: str, source: str, target: str, device: str) -> None:
@@ -143,7 +147,7 @@ def bundle_folder(name: str, scratch: Path) -> Path:
 
 def child(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
-    runner = {"ours": run_ours, "monai": run_monai, "bundle": run_bundle}[arguments.child]
+    runner = {"ours": run_ours, "ours-fast": run_ours_fast, "monai": run_monai, "bundle": run_bundle}[arguments.child]
     runner(arguments.model, arguments.source, arguments.target, arguments.device)
     print(json.dumps({"seconds": time.perf_counter() - started}))
 
@@ -206,7 +210,8 @@ def agreement_off_ties(a, b, ties) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", choices=("ours", "monai", "bundle"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "ours-fast", "monai", "bundle"), help=argparse.SUPPRESS)
+    parser.add_argument("--fast", action="store_true", help="CTDeepSeg in bfloat16 on the CPU (segment --fast)")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=str(ROOT / "Resources" / "Models" / "ctdeepseg-phantom-ct"))
@@ -234,7 +239,9 @@ def main() -> None:
         print(f"Input {arguments.shape} voxels at 0.75x0.75x1.25 mm; model {model}; device {arguments.device}")
         (scratch / "ours").mkdir()
         (scratch / "monai").mkdir()
-        ours = measure("ours", model, source, scratch / "ours" / "ct.nii.gz", arguments.device)
+        ours = measure(
+            "ours-fast" if arguments.fast else "ours", model, source, scratch / "ours" / "ct.nii.gz", arguments.device
+        )
         monai = measure(reference, model, source, scratch / "monai" / "ct.nii.gz", arguments.device)
         a = read_label(scratch / "ours" / "ct.nii.gz").array
         b = read_label(scratch / "monai" / "ct.nii.gz").array
@@ -245,7 +252,8 @@ def main() -> None:
         dice = {name: _dice(labels, phantom.labels.array) for name, labels in (("ours", a), ("monai", b))}
         if arguments.bundle:  # random weights: Dice against the phantom means nothing
             dice = {"ours": "n/a (random weights)", "monai": "n/a (random weights)"}
-    print(f"{'CTDeepSeg pipeline':<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB   Dice {dice['ours']}")
+    title = "CTDeepSeg pipeline" + (" (bf16)" if arguments.fast else "")
+    print(f"{title:<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB   Dice {dice['ours']}")
     print(f"{'MONAI bundle pipeline':<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB   Dice {dice['monai']}")
     print(f"voxel agreement of the two label maps: {agreement:.4f} overall, {inside:.4f} inside the body")
     if ties is not None:

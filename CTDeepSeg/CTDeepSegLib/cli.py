@@ -266,6 +266,7 @@ def command_segment(arguments: argparse.Namespace) -> int:
             not arguments.no_postprocess,
             progress=step,
             strict=arguments.strict,
+            fast=arguments.fast,
         )
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -595,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--probabilities", help="also write per-class probabilities (4D .nii.gz), one case only")
     segment.add_argument(
         "--strict", action="store_true", help="refuse a scan outside the model's scope (modality, body region)"
+    )
+    segment.add_argument(
+        "--fast",
+        action="store_true",
+        help="bfloat16 on the CPU: 2-3x faster on CPUs with AVX-512 BF16 or AMX; a few boundary voxels differ",
     )
     segment.add_argument("--no-postprocess", action="store_true", help="skip the model card's default clean-up")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")

@@ -357,8 +357,29 @@ def _nearest_labels(labels: Any, grid: ModelGrid) -> np.ndarray:
     return source[np.ix_(*index)]
 
 
+def _reduced_precision(device: str, fast: bool) -> Any:
+    """float16 on CUDA (always); bfloat16 on the CPU when asked (``fast``: 2-3x faster on CPUs with AVX-512
+    BF16 or AMX, and a few boundary voxels labelled differently); else full precision."""
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    if fast and device == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _sliding_window(
-    network: Any, image: Any, card: Any, device: str, batch: int, progress: Progress, stitch: str | None = None
+    network: Any,
+    image: Any,
+    card: Any,
+    device: str,
+    batch: int,
+    progress: Progress,
+    stitch: str | None = None,
+    fast: bool = False,
 ) -> Any:
     """Logits (1, C, d, h, w) as float32 on the CPU. Windows run on ``device``; the whole-volume output is
     stitched on ``stitch`` (default the same device; "cpu" keeps a big output out of GPU memory, as MONAI's
@@ -384,7 +405,7 @@ def _sliding_window(
 
     # channels-last 3D convolutions: about 1.35x faster on the CPU (oneDNN), and what GPUs prefer too
     network.to(device, memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+    with torch.inference_mode(), _reduced_precision(device, fast):
         logits = sliding_window_inference(
             image.to(stitch),
             roi,
@@ -415,6 +436,7 @@ def _labels_by_slab(
     batch: int,
     progress: Progress,
     stitch: str | None = None,
+    fast: bool = False,
 ) -> Any:
     """Labels (d, h, w, uint8, in the model's (k, j, i) order) from a sliding window whose blended logits are
     never held for the whole volume.
@@ -485,7 +507,7 @@ def _labels_by_slab(
 
     starts = sorted({window[slab_axis].start for window in windows})
     network.to(device, memory_format=torch.channels_last_3d)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+    with torch.inference_mode(), _reduced_precision(device, fast):
         for start in starts:
             group = [window for window in windows if window[slab_axis].start == start]
             if buffer is not None and start > low:
@@ -608,11 +630,12 @@ def segment_volume(
     progress: Progress | None = None,
     crop_to_body: bool = True,
     strict: bool = False,
+    fast: bool = False,
 ) -> SegmentationResult:
     """Segment ``volume`` with a loaded model (see ``model_store.load_model``); the result is on its grid.
 
     A scan outside the model's scope (``scope.check_scope``) is segmented with a warning in the result's notes,
-    or refused with ``strict``."""
+    or refused with ``strict``. ``fast`` runs the network in bfloat16 on the CPU (see ``_reduced_precision``)."""
     from .scope import check_scope
 
     started = time.monotonic()
@@ -634,7 +657,7 @@ def segment_volume(
     nearest = card.get("invert") == "nearest" and grid.corner_aligned and not keep_probabilities
     run = _labels_by_slab if nearest else _sliding_window
     output = run_with_fallback(
-        lambda where, size, stitch: run(network, image, card, where, size, windows, stitch),
+        lambda where, size, stitch: run(network, image, card, where, size, windows, stitch, fast),
         device,
         batch,
         notes,
