@@ -28,6 +28,13 @@ def test_every_published_model_is_listed_with_urls_and_checksums():
             assert version["urls"][0].startswith("https://") and version["urls"][0].endswith(".zip")
     assert all(entry["versions"][0]["sha1"] is None for entry in auto3dseg)  # none published: pinned on install
     assert len(BY_NAME) == len(ENTRIES)
+    runnable = {entry["source"]: 0 for entry in ENTRIES}
+    for entry in ENTRIES:
+        runnable[entry["source"]] += entry["supported"]
+        assert entry["supported"] or entry["why_not"], entry["name"]
+    assert runnable == {"MONAI Model Zoo": 5, "MONAIAuto3DSeg": 27}
+    multi = [entry["name"] for entry in auto3dseg if not entry["supported"]]
+    assert sorted(multi) == ["brats-gli", "brats-men", "brats-met", "brats-ped", "brats-ssa", "prostate"]
 
 
 def test_newest_version_is_the_default_and_versions_can_be_chosen():
