@@ -28,6 +28,7 @@ from CTDeepSegLib.phantom import make_phantom
 
 ZOO = Path(__file__).parent / "data" / "model-zoo"
 RUNNABLE = [
+    "pediatric_abdominal_ct_segmentation",
     "prostate_mri_anatomy",
     "spleen_ct_segmentation",
     "swin_unetr_btcv_segmentation",
@@ -77,7 +78,8 @@ def _monai_labels(bundle: Path, volume) -> np.ndarray:
     from monai.transforms import Compose
 
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_config(str(next((bundle / "configs").glob("inference.*"))))
+    parser["imports"] = []  # a bundle's own scripts/ are not here (and CTDeepSeg never imports them)
     if parser["network_def"]["_target_"] == "SwinUNETR":
         parser["network_def"].pop("img_size", None)  # removed from current MONAI; only checked input sizes
     steps = [

@@ -105,7 +105,14 @@ def test_installing_what_the_module_needs_changes_nothing_that_slicer_or_the_pyt
     result = _run(code, env)
     assert result.returncode == 0, result.stderr
     arguments = json.loads(result.stdout)
-    assert arguments[2:] == ["monai>=1.5.1,<1.7", "safetensors>=0.4", "einops>=0.7", "pykdtree>=1.3", "matplotlib>=3.7"]
+    assert arguments[2:] == [
+        "monai>=1.5.1,<1.7",
+        "safetensors>=0.4",
+        "einops>=0.7",
+        "PyYAML>=6.0",
+        "pykdtree>=1.3",
+        "matplotlib>=3.7",
+    ]
     assert "torch==2.7.1+cu118" in constraints.read_text() and "numpy==2.0.2" in constraints.read_text()
 
     installs = _dry_run(arguments, env, tmp_path / "report.json")

@@ -45,13 +45,10 @@ def _target(entry: dict) -> str:
 
 
 def _inference_config(folder: Path) -> BundleConfig:
-    path = folder / "configs" / "inference.json"
-    if not path.is_file():
-        other = sorted(p.name for p in (folder / "configs").glob("inference*.y*ml"))
-        if other:
-            raise CTDeepSegError(f"{folder / 'configs' / other[0]}: YAML bundle configs are not read yet; only JSON.")
-        raise CTDeepSegError(f"{path}: the bundle has no inference config.")
-    return BundleConfig.read(path)
+    for name in ("inference.json", "inference.yaml", "inference.yml"):
+        if (folder / "configs" / name).is_file():
+            return BundleConfig.read(folder / "configs" / name)
+    raise CTDeepSegError(f"{folder / 'configs'}: the bundle has no inference config (inference.json or .yaml).")
 
 
 def _transforms(config: BundleConfig, stage: str, where: str, disabled: bool = False) -> list[dict]:
@@ -142,6 +139,27 @@ def _read_json(path: Path) -> dict:
         raise CTDeepSegError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}).") from None
 
 
+def _model_crop(config: BundleConfig, transforms: list[dict], where: str) -> dict | None:
+    """A ``CropForegroundd`` after resampling and normalisation: the model sees only the box of its normalised
+    image's positive voxels (plus a margin), as the bundle does; the rest is background."""
+    names = [_target(entry) for entry in transforms]
+    if "CropForegroundd" not in names:
+        return None
+    entry = transforms[names.index("CropForegroundd")]
+    at = f"{where} CropForegroundd"
+    values = _fields(config, entry, at, "keys", "source_key", "select_fn", "margin", "k_divisible")
+    keys = values.get("keys")
+    keys = keys if isinstance(keys, list) else [keys]
+    if values.get("source_key") not in keys or "select_fn" in values or values.get("k_divisible", 1) not in (1, [1]):
+        raise CTDeepSegError(f"{at}: only a crop to the image's own positive voxels is supported.")
+    if "Spacingd" in names and names.index("CropForegroundd") < names.index("Spacingd"):
+        raise CTDeepSegError(f"{at}: a crop before resampling is not supported yet.")
+    margin = values.get("margin", 0)
+    if not isinstance(margin, int):
+        raise CTDeepSegError(f"{at}: only a single margin in voxels is supported.")
+    return {"kind": "model_foreground", "margin": margin}
+
+
 def bundle_card(folder: Path) -> ModelCard:
     """The CTDeepSeg card equivalent to a bundle's configs (weights not loaded): a segmentation network, or a
     RetinaNet detector (``retinanet_bundle``)."""
@@ -149,7 +167,7 @@ def bundle_card(folder: Path) -> ModelCard:
 
     metadata = _read_json(folder / "configs" / "metadata.json")
     config = _inference_config(folder)
-    where = f"{folder / 'configs' / 'inference.json'}"
+    where = config.name
     raw_network = config.data.get("network_def")
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
     if isinstance(raw_network, dict) and _target(raw_network) == RETINANET_CLASS:
@@ -179,6 +197,7 @@ def bundle_card(folder: Path) -> ModelCard:
     spacing = config.value(by_name["Spacingd"].get("pixdim"), f"{where} Spacingd.pixdim")
     orientation = config.value(by_name.get("Orientationd", {}).get("axcodes", "RAS"), f"{where} Orientationd.axcodes")
     normalisation = _normalisation(config, transforms, where)
+    crop = _model_crop(config, transforms, where)
     inferer_entry = config.data.get("inferer", {})
     if isinstance(inferer_entry, str):
         inferer_entry = config.value(inferer_entry, f"{where} inferer")
@@ -223,6 +242,7 @@ def bundle_card(folder: Path) -> ModelCard:
         "orientation": str(orientation),
         "normalisation": normalisation,
         "crop_to_body": False,  # a published model runs on the whole image, exactly as its bundle does
+        "crop": crop,
         "grid": "monai",  # and on the grid MONAI's Spacingd makes,
         "axes": "ijk",  # with the axes in MONAI's order
         "invert": "nearest" if labels_first and invert.get("nearest_interp", True) else "linear",

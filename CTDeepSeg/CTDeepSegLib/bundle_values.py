@@ -70,10 +70,26 @@ class BundleConfig:
 
     @classmethod
     def read(cls, path: Path) -> BundleConfig:
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise CTDeepSegError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}).") from None
+        """A JSON or YAML config, as data (YAML through ``safe_load``, which builds only plain types)."""
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise CTDeepSegError(
+                    f"{path}: reading YAML configs needs PyYAML; install it with Check dependencies "
+                    "(or `pip install pyyaml`)."
+                ) from None
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as error:
+                raise CTDeepSegError(f"{path}: is not valid YAML ({error}).") from None
+        else:
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise CTDeepSegError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}).") from None
+        if not isinstance(data, dict):
+            raise CTDeepSegError(f"{path}: a bundle config must be a mapping of names to values.")
         return cls(data, path.parent, str(path))
 
     def lookup(self, identifier: str, where: str) -> Any:
@@ -107,8 +123,9 @@ class BundleConfig:
     def _other_file(self, raw: str, where: str, depth: int) -> Any:
         file_name, _, identifier = raw[1:].partition("#")
         path = (self.folder.parent / file_name).resolve()
-        if not path.is_relative_to(self.folder.parent.resolve()) or path.suffix != ".json" or not path.is_file():
-            raise CTDeepSegError(f"{where}: {raw!r} names {file_name}, not a JSON config inside the bundle.")
+        inside = path.is_relative_to(self.folder.parent.resolve())
+        if not inside or path.suffix not in (".json", ".yaml", ".yml") or not path.is_file():
+            raise CTDeepSegError(f"{where}: {raw!r} names {file_name}, not a config inside the bundle.")
         other = BundleConfig.read(path)
         return other.value(other.lookup(identifier, where) if identifier else other.data, where, depth + 1)
 

@@ -44,6 +44,7 @@ REQUIREMENTS = (
     Requirement("monai", "monai", ">=1.5.1,<1.7", purpose="the networks and sliding-window inference"),
     Requirement("safetensors", "safetensors", ">=0.4", purpose="reading model weights safely"),
     Requirement("einops", "einops", ">=0.7", purpose="the transformer networks of catalogue models (SwinUNETR)"),
+    Requirement("PyYAML", "yaml", ">=6.0", purpose="reading catalogue models whose configs are YAML (read as data)"),
     Requirement("numpy", "numpy", ">=1.24", "Slicer"),
     Requirement("scipy", "scipy", ">=1.10", "Slicer"),
     Requirement("SimpleITK", "SimpleITK", ">=2.2", "Slicer"),

@@ -350,6 +350,26 @@ def _resample_probabilities(
     return labels, kept
 
 
+def _model_box(image: Any, card: Any) -> tuple[slice, ...]:
+    """The whole model grid, or for a bundle that crops to its normalised image's positive voxels (MONAI's
+    CropForegroundd after resampling), their bounding box plus the margin."""
+    whole = tuple(slice(0, n) for n in image.shape[2:])
+    crop = card.get("crop") or {}
+    if crop.get("kind") != "model_foreground":
+        return whole
+    box = bounding_box(image[0, 0].numpy() > 0)
+    if box is None:
+        return whole
+    margin = int(crop.get("margin", 0))
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, image.shape[2:]))
+
+
+def _zeros_on_grid(grid: ModelGrid, dtype: Any, leading: tuple[int, ...] = ()) -> Any:
+    import torch
+
+    return torch.zeros((*leading, *grid.size_kji), dtype=dtype)
+
+
 def _nearest_labels(labels: Any, grid: ModelGrid) -> np.ndarray:
     """Model-grid labels (d, h, w) on the oriented input grid by nearest neighbour (ties to even, as torch)."""
     source = labels.numpy()
@@ -647,6 +667,8 @@ def segment_volume(
     grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
+    model_box = _model_box(image, card)  # the part of the model's grid the network sees
+    image = image[(slice(None), slice(None), *model_box)]
     windows = progress.step(0.02, 0.9)
     activation = card.get("activation", "softmax")
     threshold = float(card.get("threshold", 0.5))
@@ -665,9 +687,15 @@ def segment_volume(
     )
     if nearest:
         model_labels, confidence = output
-        labels, kept = _nearest_labels(model_labels, grid), None
+        whole = _zeros_on_grid(grid, model_labels.dtype)
+        whole[model_box] = model_labels
+        labels, kept = _nearest_labels(whole, grid), None
     else:
         probabilities = _activate_(output, activation)
+        if image.shape[2:] != grid.size_kji:  # outside the bundle's crop every class has probability 0
+            whole = _zeros_on_grid(grid, probabilities.dtype, (1, probabilities.shape[1]))
+            whole[(slice(None), slice(None), *model_box)] = probabilities
+            probabilities = whole
         confidence = _Confidence()
         cut = threshold if activation == "sigmoid" else 0.0
         confidence.add(
