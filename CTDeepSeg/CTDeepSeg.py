@@ -1150,7 +1150,9 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def downloadLabel(entry: dict) -> str:
         """How the model chooser lists a catalogue model that is not installed yet."""
-        size = f"{entry['size_bytes'] / 1e6:.0f} MB" if entry.get("size_bytes") else "size shown when it starts"
+        from CTDeepSegLib.catalogue.entries import size_text
+
+        size = size_text(entry, "size shown when it starts")
         return f"{entry['name']} {entry['versions'][0]['version']} (download, {size})"
 
     @staticmethod
@@ -1158,7 +1160,7 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         """What the user agrees to before a model is fetched: source, licence (non-commercial flagged), checks."""
         from CTDeepSegLib.catalogue.entries import find_release
 
-        release = find_release(entry["name"])
+        release = find_release(entry["name"], [entry])  # the entry in hand: no second read of the catalogue
         where = f"from {source}" if source else f"from {release.urls[0]}"
         return (
             f"Add {entry['title']} ({entry['source']}, {release.key}) {where}?\n\n"

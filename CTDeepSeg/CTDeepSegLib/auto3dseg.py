@@ -21,6 +21,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from .bundle_values import BundleConfig
 from .errors import CTDeepSegError
 from .model_store import NETWORKS, ModelCard
 
@@ -41,7 +42,10 @@ def is_auto3dseg(folder: Path) -> bool:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint as plain data; a file that needs any other class to unpickle is refused."""
+    """The checkpoint as plain data; a file that needs any other class to unpickle is refused.
+
+    The file is memory-mapped, so that listing models (which reads only the config) does not read every
+    model's weights."""
     import numpy as np
     import torch
 
@@ -52,7 +56,12 @@ def read_checkpoint(path: Path) -> dict:
         allowed += [(getattr(multiarray, name), f"numpy{core}.multiarray.{name}") for core in (".core", "._core")]
     try:
         with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:  # a file in torch's old (not zip) format cannot be mapped
+                if "mmap" not in str(error):
+                    raise
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # an unpickling refusal or a damaged file: both mean "do not use"
         raise CTDeepSegError(f"{path}: not a plain weights file ({type(error).__name__}: {error}).") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
@@ -104,22 +113,17 @@ def _labels(path: Path) -> list[dict]:
     return labels
 
 
-def _network(config: dict, where: str) -> dict:
+def _network(config: dict, folder: Path, where: str) -> dict:
     network = config.get("network")
     if not isinstance(network, dict):
         raise CTDeepSegError(f"{where}: the config has no network description.")
     target = str(network.get("_target_", "")).split(".")[-1]
     if target not in NETWORKS:
         raise CTDeepSegError(f"{where}: network {network.get('_target_')!r} is not one of {', '.join(NETWORKS)}.")
-    args = {}
-    for key, value in network.items():
-        if key.startswith("_"):
-            continue
-        if isinstance(value, str) and value.startswith(("$", "@", "%")):
-            value = config.get(value[1:]) if value.startswith("@") and value[1:] in config else None
-            if value is None:
-                raise CTDeepSegError(f"{where}: network.{key} is an expression; CTDeepSeg reads it as data only.")
-        args[key] = _plain(value)
+    # references and expressions resolved as for bundles: as data, never evaluated as code
+    literal = {key: value for key, value in network.items() if not key.startswith("_")}
+    resolved = BundleConfig(config, folder, where).value(literal, f"{where} network")
+    args = {key: _plain(value) for key, value in resolved.items()}
     if isinstance(args.get("norm"), str):
         args["norm"] = _NORMS.get(args["norm"].upper(), args["norm"])
     if int(args.get("in_channels", 1)) != 1:
@@ -153,7 +157,7 @@ def auto3dseg_card(folder: Path, checkpoint: dict | None = None) -> ModelCard:
         "modality": "CT" if mode == "range" else "MRI",
         "description": f"MONAIAuto3DSeg model (epoch {checkpoint.get('epoch', '?')})",
         "labels": _labels(folder / "labels.csv"),
-        "network": _network(config, where),
+        "network": _network(config, folder, where),
         "spacing": [float(s) for s in _plain(resolution)] if resolution is not None else None,
         "spacing_tolerance": [0.75, 1.25],
         "orientation": "RAS" if config.get("orientation_ras", False) else "native",

@@ -89,7 +89,6 @@ def _normalisation(config: BundleConfig, transforms: list[dict], where: str) -> 
     steps = []
     for entry in transforms:
         name = _target(entry)
-        _needs_own_code(str(entry.get("_target_", "")), where)
         at = f"{where} {name}"
         if name == "ScaleIntensityRanged":
             values = _fields(config, entry, at, "a_min", "a_max", "b_min", "b_max", "clip")

@@ -62,28 +62,22 @@ def command_info(_arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _size(entry: dict) -> str:
-    return f"{entry['size_bytes'] / 1e6:.0f} MB" if entry.get("size_bytes") else "size unknown"
-
-
 def command_available(_arguments: argparse.Namespace) -> int:
     """The catalogue: every downloadable model, whether it is installed, whether CTDeepSeg runs it, its licence."""
-    from .catalogue.entries import Release, load_catalogue
+    from .catalogue.entries import find_release, load_catalogue, size_text
     from .catalogue.install import read_manifest
     from .model_paths import user_models_folder
 
     models = user_models_folder()
-    for entry in load_catalogue():
-        newest = entry["versions"][0]
+    entries = load_catalogue()
+    for entry in entries:
+        release = find_release(entry["name"], entries)  # the newest version
         manifest = read_manifest(models / entry["name"])
         state = f"installed {manifest['version']}" if manifest else "not installed"
         runs = "runs in CTDeepSeg" if entry["supported"] else f"not runnable: {entry['why_not']}"
-        release = Release(entry, newest["version"], tuple(newest["urls"]), newest.get("sha1"))
-        print(
-            f"{entry['name']}@{newest['version']}  [{entry['modality']} {entry['task']}, {entry['region']}]  "
-            f"{entry['title']}"
-        )
-        print(f"    {entry['source']}; {len(entry['structures'])} structures; {_size(entry)}; {state}; {runs}")
+        print(f"{release.key}  [{entry['modality']} {entry['task']}, {entry['region']}]  {entry['title']}")
+        size = size_text(entry, "size unknown")
+        print(f"    {entry['source']}; {len(entry['structures'])} structures; {size}; {state}; {runs}")
         print(f"    {release.licence_line()}")
     return 0
 

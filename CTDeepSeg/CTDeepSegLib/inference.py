@@ -165,15 +165,11 @@ def _crop_box(volume: Volume, card: Any, crop_to_body: bool) -> tuple[slice, ...
     """The part of the volume the model sees: the caller's whole volume, the non-zero voxels plus a margin
     (MONAI's CropForeground, as Auto3DSeg models run), the body (CTDeepSeg's own models), or all of it."""
     whole = tuple(slice(0, n) for n in volume.shape)
-    crop = card.get("crop")
+    crop = card.get("crop") or {}
     if not crop_to_body:
         return whole
-    if crop and crop.get("kind") == "foreground":
-        box = bounding_box(volume.array > 0)
-        margin = int(crop.get("margin", 0))
-        if box is None:
-            return whole
-        return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, volume.shape))
+    if crop.get("kind") == "foreground":
+        return mask_box(volume.array > 0, int(crop.get("margin", 0)))
     return body_box(volume, card["modality"]) if card.get("crop_to_body", True) else whole
 
 
@@ -215,10 +211,15 @@ def body_box(volume: Volume, modality: str, margin: int = 3) -> tuple[slice, ...
         mask = array > -500
     else:
         mask = array > 0.1 * np.percentile(array[:: max(1, array.shape[0] // 16)], 99)
+    return mask_box(mask, margin)
+
+
+def mask_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``margin`` voxels and clipped to it; all of it when it is empty."""
     box = bounding_box(mask)
     if box is None:
-        return tuple(slice(0, n) for n in array.shape)
-    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, array.shape))
+        return tuple(slice(0, n) for n in mask.shape)
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, mask.shape))
 
 
 def normalise(array: np.ndarray, settings: dict) -> np.ndarray:
@@ -353,15 +354,10 @@ def _resample_probabilities(
 def _model_box(image: Any, card: Any) -> tuple[slice, ...]:
     """The whole model grid, or for a bundle that crops to its normalised image's positive voxels (MONAI's
     CropForegroundd after resampling), their bounding box plus the margin."""
-    whole = tuple(slice(0, n) for n in image.shape[2:])
     crop = card.get("crop") or {}
     if crop.get("kind") != "model_foreground":
-        return whole
-    box = bounding_box(image[0, 0].numpy() > 0)
-    if box is None:
-        return whole
-    margin = int(crop.get("margin", 0))
-    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, image.shape[2:]))
+        return tuple(slice(0, n) for n in image.shape[2:])
+    return mask_box(image[0, 0].numpy() > 0, int(crop.get("margin", 0)))
 
 
 def _zeros_on_grid(grid: ModelGrid, dtype: Any, leading: tuple[int, ...] = ()) -> Any:
@@ -391,6 +387,16 @@ def _reduced_precision(device: str, fast: bool) -> Any:
     return contextlib.nullcontext()
 
 
+def _network_input(image: Any, card: Any) -> tuple[Any, tuple[int, ...], bool]:
+    """The image (1, 1, ...) and window size in the axis order the network was trained on, and whether that is
+    (x, y, z): MONAI bundles' networks see the i, j, k axes in that order, not the (k, j, i) of CTDeepSeg's
+    arrays."""
+    roi = tuple(int(v) for v in card["roi_size"])[::-1]
+    if card.get("axes") == "ijk":
+        return image.permute(0, 1, 4, 3, 2), roi[::-1], True
+    return image, roi, False
+
+
 def _sliding_window(
     network: Any,
     image: Any,
@@ -408,12 +414,7 @@ def _sliding_window(
     from monai.inferers import sliding_window_inference
 
     stitch = stitch or device
-    roi = tuple(int(v) for v in card["roi_size"])[::-1]
-    # MONAI bundles were trained on (x, y, z) tensors: their networks see the i, j, k axes in that order, not
-    # the (k, j, i) of CTDeepSeg's arrays.
-    xyz = card.get("axes") == "ijk"
-    if xyz:
-        image, roi = image.permute(0, 1, 4, 3, 2), roi[::-1]
+    image, roi, xyz = _network_input(image, card)
     overlap = float(card.get("overlap", 0.5))
     total = max(window_count(tuple(image.shape[2:]), roi, overlap), 1)
     seen = [0]
@@ -473,10 +474,7 @@ def _labels_by_slab(
     from monai.utils import PytorchPadMode, look_up_option
 
     stitch = stitch or device
-    roi = tuple(int(v) for v in card["roi_size"])[::-1]
-    xyz = card.get("axes") == "ijk"
-    if xyz:  # the network's own axis order (see _sliding_window)
-        image, roi = image.permute(0, 1, 4, 3, 2), roi[::-1]
+    image, roi, xyz = _network_input(image, card)
     original = tuple(image.shape[2:])
     pad = []
     for axis in range(4, 1, -1):  # MONAI's padding of an image smaller than the window
@@ -692,15 +690,15 @@ def segment_volume(
         labels, kept = _nearest_labels(whole, grid), None
     else:
         probabilities = _activate_(output, activation)
-        if image.shape[2:] != grid.size_kji:  # outside the bundle's crop every class has probability 0
-            whole = _zeros_on_grid(grid, probabilities.dtype, (1, probabilities.shape[1]))
-            whole[(slice(None), slice(None), *model_box)] = probabilities
-            probabilities = whole
         confidence = _Confidence()
         cut = threshold if activation == "sigmoid" else 0.0
         confidence.add(
             _labels_of(probabilities[0], activation, cut), _chosen_probability(probabilities[0], activation, False)
         )
+        if image.shape[2:] != grid.size_kji:  # outside the bundle's crop every class has probability 0
+            whole = _zeros_on_grid(grid, probabilities.dtype, (1, probabilities.shape[1]))
+            whole[(slice(None), slice(None), *model_box)] = probabilities
+            probabilities = whole
         labels, kept = _resample_probabilities(
             probabilities,
             grid.oriented_shape,

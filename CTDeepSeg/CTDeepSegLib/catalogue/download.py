@@ -51,17 +51,25 @@ def file_digests(path: Path) -> dict[str, str]:
     return {"sha256": sha256.hexdigest(), "sha1": sha1.hexdigest()}
 
 
-def verify(path: Path, expected: Checksum, what: str) -> dict[str, str]:
-    """The file's digests, after checking them against ``expected``; a mismatch deletes the file."""
-    digests = file_digests(path)
+def mismatch(digests: dict[str, str], expected: Checksum, reference: str) -> str | None:
+    """``"SHA1 abc... differs from <reference> def..."`` for the first digest that differs, else None."""
     for kind in ("sha256", "sha1"):
         want = getattr(expected, kind)
         if want and digests[kind] != want.lower():
-            path.unlink()
-            raise CTDeepSegError(
-                f"{what}: {kind.upper()} {digests[kind][:12]}... differs from the expected {want[:12]}...; "
-                "the file was deleted and nothing was installed. Download it again, or from another mirror."
-            )
+            return f"{kind.upper()} {digests[kind][:12]}... differs from {reference} {want[:12]}..."
+    return None
+
+
+def verify(path: Path, expected: Checksum, what: str) -> dict[str, str]:
+    """The file's digests, after checking them against ``expected``; a mismatch deletes the file."""
+    digests = file_digests(path)
+    difference = mismatch(digests, expected, "the expected")
+    if difference:
+        path.unlink()
+        raise CTDeepSegError(
+            f"{what}: {difference}; the file was deleted and nothing was installed. "
+            "Download it again, or from another mirror."
+        )
     return digests
 
 

@@ -48,6 +48,11 @@ class Release:
         return f"licence: {licence['name']}{flag.get(licence['non_commercial'], '')}"
 
 
+def size_text(entry: dict, unknown: str) -> str:
+    """A catalogue model's download size, or ``unknown`` (neither source publishes sizes yet)."""
+    return f"{entry['size_bytes'] / 1e6:.0f} MB" if entry.get("size_bytes") else unknown
+
+
 def catalogue_path() -> Path:
     return Path(os.environ.get("CTDEEPSEG_CATALOGUE") or CATALOGUE)
 

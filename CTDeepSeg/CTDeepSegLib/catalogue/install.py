@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import CTDeepSegError
 from ..jobs import Progress
 from ..model_paths import user_models_folder
-from .download import Checksum, candidate_urls, download, file_digests
+from .download import candidate_urls, download, file_digests, mismatch
 from .entries import Release, expected_checksum, find_release, pin
 from .unpack import unpack
 
@@ -133,16 +133,6 @@ def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def _check_digests(digests: dict[str, str], expected: Checksum, what: str) -> None:
-    for kind in ("sha256", "sha1"):
-        want = getattr(expected, kind)
-        if want and digests[kind] != want.lower():
-            raise CTDeepSegError(
-                f"{what}: {kind.upper()} {digests[kind][:12]}... differs from the catalogue's {want[:12]}...; "
-                "it is not the published model (damaged or another version). Nothing was installed."
-            )
-
-
 def pull(
     spec: str,
     source: str | None = None,
@@ -177,7 +167,12 @@ def pull(
         if not archive.is_file():
             raise CTDeepSegError(f"{archive}: no such file; give the model zip you downloaded.")
         digests = file_digests(archive)
-        _check_digests(digests, expected, str(archive))
+        difference = mismatch(digests, expected, "the catalogue's")
+        if difference:  # the user's own file: reported, never deleted
+            raise CTDeepSegError(
+                f"{archive}: {difference}; it is not the "
+                "published model (damaged or another version). Nothing was installed."
+            )
         installed = install_archive(archive, release, digests, str(archive.resolve()), models)
     else:
         urls = [source] if source is not None else list(release.urls)
