@@ -502,20 +502,50 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return next((card.name for card in cards if str(card.folder) == str(folder)), "")
 
     def onImportModel(self) -> None:
-        """Install a catalogue model from a zip downloaded elsewhere (air-gapped sites), verified as a download."""
+        """Add a model from a file: a catalogue zip downloaded elsewhere (air-gapped sites, verified as a
+        download), an ONNX file with its card, or an nnU-Net v2 results folder (chosen by its plans.json)."""
         import qt
 
         path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), "Import a model zip", "", "Model archives (*.zip)"
+            slicer.util.mainWindow(),
+            "Import a model",
+            "",
+            "Models (*.zip *.onnx plans.json);;Model archives (*.zip);;ONNX models (*.onnx);;nnU-Net results (plans.json)",
         )
         if not path:
             return
-        try:
-            entry = self.logic.catalogueEntryForFile(path)
-        except CTDeepSegError as error:
-            slicer.util.errorDisplay(str(error))
+        if not path.endswith((".onnx", "plans.json")):
+            try:
+                entry = self.logic.catalogueEntryForFile(path)
+            except CTDeepSegError as error:
+                slicer.util.errorDisplay(str(error))
+                return
+            self._offerDownload(entry, source=path)
             return
-        self._offerDownload(entry, source=path)
+        cardFile = None
+        if path.endswith(".onnx"):
+            cardFile = qt.QFileDialog.getOpenFileName(
+                slicer.util.mainWindow(),
+                "The ONNX model's card: its preprocessing and labels (see the README)",
+                "",
+                "Model cards (*.json)",
+            )
+            if not cardFile:
+                return
+        source = path if cardFile else str(Path(path).parent)
+        if self._job is not None:
+            slicer.util.errorDisplay("Wait for the running task to finish (or cancel it) before adding a model.")
+            return
+
+        def imported(folder) -> None:
+            self.refreshModels()
+            if self._parameterNode is not None:
+                self._parameterNode.model = self._chosenName(self._models, folder)
+            self.ui.statusLabel.text = f"Model imported into {folder}."
+
+        self.runInBackground(
+            "Importing a model...", "import_model", kwargs={"source": source, "card_file": cardFile}, onDone=imported
+        )
 
     def _describeModel(self) -> None:
         index = self.ui.modelComboBox.currentIndex
@@ -1176,6 +1206,14 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         from CTDeepSegLib.catalogue.entries import release_for_file
 
         return release_for_file(Path(path)).entry
+
+    @staticmethod
+    def importModel(source: str, name: str | None = None, cardFile: str | None = None) -> str:
+        """Install an ONNX file with its card (a model.json-style file), or register an nnU-Net v2 results folder
+        (blocking; the panel runs it in the background); returns the new model folder."""
+        from CTDeepSegLib.actions import import_model
+
+        return import_model(source, name, cardFile)
 
     @staticmethod
     def pullModel(

@@ -10,7 +10,11 @@ With ``--bundle NAME`` the model is a real Model Zoo config from ``Testing/data/
 ``wholeBody_ct_segmentation``: SegResNet, 105 output channels at 1.5 mm) with random weights, and the reference
 is that config itself run by ``monai.bundle.ConfigParser`` (its loader, transforms, inferer, postprocessing).
 
-    .venv/bin/python bench/segment.py [--device cpu] [--shape 512 512 240] [--model FOLDER | --bundle NAME]
+With ``--nnunet`` the model is an nnU-Net v2 results folder (a 3d_fullres PlainConvUNet of 5 stages, 32-320
+features, patch 80x160x160, random weights, mirroring on all axes, ``--folds`` folds) and the reference is
+nnU-Net's own ``nnUNetPredictor`` on the same file (CPU: it stitches in float16 and writes with SimpleITK).
+
+    .venv/bin/python bench/segment.py [--device cpu] [--shape 512 512 240] [--model FOLDER | --bundle NAME | --nnunet]
 """
 
 from __future__ import annotations
@@ -145,9 +149,45 @@ def bundle_folder(name: str, scratch: Path) -> Path:
     return folder
 
 
+def run_nnunet(model: str, source: str, target: str, device: str) -> None:
+    """nnU-Net's predictor on the results folder the CTDeepSeg model folder ``model`` was registered from."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    results = json.loads((Path(model) / "model.json").read_text())["network"]["results"]
+    predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(results, use_folds=None, checkpoint_name="checkpoint_final.pth")
+    predictor.predict_from_files(
+        [[source]],
+        [target[: -len(".nii.gz")]],
+        save_probabilities=False,
+        overwrite=True,
+        num_processes_preprocessing=1,
+        num_processes_segmentation_export=1,
+    )
+
+
+def nnunet_model(scratch: Path, folds: int) -> str:
+    """A registered nnU-Net v2 results folder of a realistic size (random weights)."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    from nnunet_fixtures import results_folder
+
+    from CTDeepSegLib.formats.importing import import_model
+
+    folder = results_folder(
+        scratch / "results",
+        spacing_zyx=(2.5, 1.5, 1.5),
+        patch_zyx=(80, 160, 160),
+        folds=tuple(range(folds)),
+        features=(32, 64, 128, 256, 320),
+    )
+    return str(import_model(folder, "bench-nnunet", destination=scratch / "models").folder)
+
+
 def child(arguments: argparse.Namespace) -> None:
     started = time.perf_counter()
-    runner = {"ours": run_ours, "ours-fast": run_ours_fast, "monai": run_monai, "bundle": run_bundle}[arguments.child]
+    runners = {"ours": run_ours, "ours-fast": run_ours_fast, "monai": run_monai, "bundle": run_bundle}
+    runner = {**runners, "nnunet": run_nnunet}[arguments.child]
     runner(arguments.model, arguments.source, arguments.target, arguments.device)
     print(json.dumps({"seconds": time.perf_counter() - started}))
 
@@ -210,7 +250,11 @@ def agreement_off_ties(a, b, ties) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", choices=("ours", "ours-fast", "monai", "bundle"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "ours-fast", "monai", "bundle", "nnunet"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--nnunet", action="store_true", help="an nnU-Net v2 results folder against nnU-Net's predictor"
+    )
+    parser.add_argument("--folds", type=int, default=1, help="folds of the --nnunet results folder (default 1)")
     parser.add_argument("--fast", action="store_true", help="CTDeepSeg in bfloat16 on the CPU (segment --fast)")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -236,6 +280,8 @@ def main() -> None:
         model, reference = arguments.model, "monai"
         if arguments.bundle:
             model, reference = str(bundle_folder(arguments.bundle, scratch)), "bundle"
+        if arguments.nnunet:
+            model, reference = nnunet_model(scratch, arguments.folds), "nnunet"
         print(f"Input {arguments.shape} voxels at 0.75x0.75x1.25 mm; model {model}; device {arguments.device}")
         (scratch / "ours").mkdir()
         (scratch / "monai").mkdir()
@@ -246,15 +292,16 @@ def main() -> None:
         a = read_label(scratch / "ours" / "ct.nii.gz").array
         b = read_label(scratch / "monai" / "ct.nii.gz").array
         agreement = float(np.mean(a == b))
-        ties = _half_voxel_ties(phantom.image, model)
+        ties = None if arguments.nnunet else _half_voxel_ties(phantom.image, model)
         body = phantom.image.array > -500
         inside = float(np.mean(a[body] == b[body]))
         dice = {name: _dice(labels, phantom.labels.array) for name, labels in (("ours", a), ("monai", b))}
-        if arguments.bundle:  # random weights: Dice against the phantom means nothing
+        if arguments.bundle or arguments.nnunet:  # random weights: Dice against the phantom means nothing
             dice = {"ours": "n/a (random weights)", "monai": "n/a (random weights)"}
     title = "CTDeepSeg pipeline" + (" (bf16)" if arguments.fast else "")
     print(f"{title:<28} {ours[0]:8.1f} s   peak RSS {ours[1]:6.2f} GiB   Dice {dice['ours']}")
-    print(f"{'MONAI bundle pipeline':<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB   Dice {dice['monai']}")
+    other = "nnU-Net predictor" if arguments.nnunet else "MONAI bundle pipeline"
+    print(f"{other:<28} {monai[0]:8.1f} s   peak RSS {monai[1]:6.2f} GiB   Dice {dice['monai']}")
     print(f"voxel agreement of the two label maps: {agreement:.4f} overall, {inside:.4f} inside the body")
     if ties is not None:
         print(
@@ -262,7 +309,8 @@ def main() -> None:
             "halfway between two model voxels (nearest neighbour has no right answer there)"
         )
     print(
-        f"ratio time MONAI / CTDeepSeg: {monai[0] / ours[0]:.2f}x; peak RSS CTDeepSeg / MONAI: {ours[1] / monai[1]:.2f}"
+        f"ratio time {other} / CTDeepSeg: {monai[0] / ours[0]:.2f}x; "
+        f"peak RSS CTDeepSeg / {other}: {ours[1] / monai[1]:.2f}"
     )
 
 

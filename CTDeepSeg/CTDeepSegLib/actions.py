@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import CTDeepSegError
 from .jobs import Progress
 from .volume import Volume
 
@@ -169,7 +170,37 @@ def pull_model(
     return str(pull(spec, source=source, mirror=mirror, progress=progress or Progress(), accept_licence=accept_licence))
 
 
+def import_model(
+    source: str, name: str | None = None, card_file: str | None = None, progress: Progress | None = None
+) -> str:
+    """Install an ONNX file (its preprocessing and labels in ``card_file``, a model.json-style file) or register
+    an nnU-Net v2 results folder; returns the new model folder. See ``formats.importing``."""
+    import json
+
+    from .formats.importing import import_model as run
+
+    (progress or Progress()).update(0.0, "Importing the model")
+    card = None
+    if card_file:
+        try:
+            card = json.loads(Path(card_file).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CTDeepSegError(f"{card_file}: cannot read the card ({error}).") from None
+    return str(run(source, name, card).folder)
+
+
 ACTIONS = {
     function.__name__: function
-    for function in (make_phantom, segment, detect, compare, postprocess, export_pair, click, finetune, pull_model)
+    for function in (
+        make_phantom,
+        segment,
+        detect,
+        compare,
+        postprocess,
+        export_pair,
+        click,
+        finetune,
+        pull_model,
+        import_model,
+    )
 }

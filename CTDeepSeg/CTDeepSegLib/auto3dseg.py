@@ -42,28 +42,10 @@ def is_auto3dseg(folder: Path) -> bool:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The checkpoint as plain data; a file that needs any other class to unpickle is refused.
+    """The checkpoint as plain data; a file that needs any other class to unpickle is refused."""
+    from .formats.torch_checkpoint import load_plain
 
-    The file is memory-mapped, so that listing models (which reads only the config) does not read every
-    model's weights."""
-    import numpy as np
-    import torch
-
-    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
-    allowed: list = [np.ndarray, np.dtype]
-    allowed += [type(np.dtype(kind)) for kind in ("float32", "float64", "int64", "int32", "bool")]
-    for name in ("_reconstruct", "scalar"):  # numpy 1 and 2 pickle these under different module names
-        allowed += [(getattr(multiarray, name), f"numpy{core}.multiarray.{name}") for core in (".core", "._core")]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as error:  # a file in torch's old (not zip) format cannot be mapped
-                if "mmap" not in str(error):
-                    raise
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # an unpickling refusal or a damaged file: both mean "do not use"
-        raise CTDeepSegError(f"{path}: not a plain weights file ({type(error).__name__}: {error}).") from None
+    checkpoint = load_plain(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
         raise CTDeepSegError(f"{path}: not an Auto3DSeg checkpoint (no 'config' dictionary).")
     if not isinstance(checkpoint.get("state_dict"), dict):

@@ -146,7 +146,7 @@ def _model_crop(config: BundleConfig, transforms: list[dict], where: str) -> dic
         return None
     entry = transforms[names.index("CropForegroundd")]
     at = f"{where} CropForegroundd"
-    values = _fields(config, entry, at, "keys", "source_key", "select_fn", "margin", "k_divisible")
+    values = _fields(config, entry, at, "keys", "source_key", "select_fn", "margin", "k_divisible", "allow_smaller")
     keys = values.get("keys")
     keys = keys if isinstance(keys, list) else [keys]
     if values.get("source_key") not in keys or "select_fn" in values or values.get("k_divisible", 1) not in (1, [1]):
@@ -156,7 +156,8 @@ def _model_crop(config: BundleConfig, transforms: list[dict], where: str) -> dic
     margin = values.get("margin", 0)
     if not isinstance(margin, int):
         raise CTDeepSegError(f"{at}: only a single margin in voxels is supported.")
-    return {"kind": "model_foreground", "margin": margin}
+    # MONAI's default (allow_smaller false): a box reaching past the image is padded with zeros, not clipped
+    return {"kind": "model_foreground", "margin": margin, "allow_smaller": bool(values.get("allow_smaller", False))}
 
 
 def bundle_card(folder: Path) -> ModelCard:

@@ -115,6 +115,8 @@ def command_models(arguments: argparse.Namespace) -> int:
 
     if arguments.available:
         return command_available(arguments)
+    if arguments.import_path:
+        return command_import(arguments)
     from .model_store import list_models
 
     cards, problems = list_models()
@@ -129,6 +131,32 @@ def command_models(arguments: argparse.Namespace) -> int:
             print(f"    {card['description']}")
     for problem in problems:
         print(f"unreadable model: {problem}", file=sys.stderr)
+    return 0
+
+
+def command_import(arguments: argparse.Namespace) -> int:
+    from .formats.importing import import_model, labels_from_text, normalisation_from_text
+
+    card: dict = {}
+    if arguments.card:
+        try:
+            card = json.loads(Path(arguments.card).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise CTDeepSegError(f"{arguments.card}: cannot read the card ({error}).") from None
+    stated = {
+        "modality": arguments.modality,
+        "labels": labels_from_text(arguments.labels) if arguments.labels else None,
+        "spacing": arguments.spacing,
+        "orientation": arguments.orientation,
+        "roi_size": arguments.roi_size,
+        "normalisation": normalisation_from_text(arguments.normalisation) if arguments.normalisation else None,
+        "activation": arguments.activation,
+        "threshold": arguments.threshold,
+    }
+    card.update({key: value for key, value in stated.items() if value is not None})
+    imported = import_model(arguments.import_path, arguments.name, card, overwrite=arguments.overwrite)
+    labels = ", ".join(f"{label.value} {label.name}" for label in imported.labels)
+    print(f"Imported {imported.name} into {imported.folder}  [{imported['modality']}; labels: {labels}]")
     return 0
 
 
@@ -571,6 +599,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--available", action="store_true", help="list the downloadable catalogue instead (installed or not, licence)"
     )
+    models.add_argument(
+        "--import",
+        dest="import_path",
+        metavar="PATH",
+        help="install an ONNX file (with its preprocessing) or register an nnU-Net v2 results folder",
+    )
+    models.add_argument("--name", help="name of the imported model (default: the file or dataset name)")
+    models.add_argument("--card", help="a model.json-style file with the ONNX model's preprocessing and labels")
+    models.add_argument("--modality", choices=("CT", "MRI"), help="what the imported ONNX model reads")
+    models.add_argument("--labels", help="structures by output channel: NAME or VALUE=NAME,... (e.g. 1=liver)")
+    models.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="model spacing in mm")
+    models.add_argument("--orientation", help="axis codes the model reads, e.g. RAS (MONAI) or LPS")
+    models.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size")
+    models.add_argument("--normalisation", help="ct:LOW:HIGH, zscore or zscore-nonzero")
+    models.add_argument("--activation", choices=("softmax", "sigmoid"), help="how the outputs become labels")
+    models.add_argument("--threshold", type=float, help="probability a sigmoid output must exceed")
+    models.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     models.set_defaults(handler=command_models)
 
     pull = commands.add_parser("pull", help="download, verify and install a catalogue model (or install a zip)")

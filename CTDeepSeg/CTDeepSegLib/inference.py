@@ -352,12 +352,37 @@ def _resample_probabilities(
 
 
 def _model_box(image: Any, card: Any) -> tuple[slice, ...]:
-    """The whole model grid, or for a bundle that crops to its normalised image's positive voxels (MONAI's
-    CropForegroundd after resampling), their bounding box plus the margin."""
+    """The whole model grid, or for a model that crops to its normalised image's positive voxels (MONAI's
+    CropForegroundd after resampling), their bounding box plus the margin. As MONAI by default
+    (``allow_smaller`` false), the box may reach past the image: that part is zero padding."""
     crop = card.get("crop") or {}
     if crop.get("kind") != "model_foreground":
         return tuple(slice(0, n) for n in image.shape[2:])
-    return mask_box(image[0, 0].numpy() > 0, int(crop.get("margin", 0)))
+    margin = int(crop.get("margin", 0))
+    if crop.get("allow_smaller", False):
+        return mask_box(image[0, 0].numpy() > 0, margin)
+    box = bounding_box(image[0, 0].numpy() > 0)
+    if box is None:
+        return tuple(slice(0, n) for n in image.shape[2:])
+    return tuple(slice(b.start - margin, b.stop + margin) for b in box)
+
+
+def _crop_padded(image: Any, box: tuple[slice, ...]) -> Any:
+    """``image`` (1, 1, d, h, w) inside ``box``, zero where the box reaches past it."""
+    import torch
+
+    inside = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, image.shape[2:]))
+    pad = []
+    for b, n in reversed(list(zip(box, image.shape[2:]))):
+        pad.extend([max(-b.start, 0), max(b.stop - n, 0)])
+    return torch.nn.functional.pad(image[(slice(None), slice(None), *inside)], pad)
+
+
+def _overlap(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where the part of ``box`` inside a grid of ``shape`` lies on the grid, and on the box."""
+    on_grid = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, shape))
+    on_box = tuple(slice(g.start - b.start, g.stop - b.start) for g, b in zip(on_grid, box))
+    return on_grid, on_box
 
 
 def _zeros_on_grid(grid: ModelGrid, dtype: Any, leading: tuple[int, ...] = ()) -> Any:
@@ -597,6 +622,16 @@ def _activate_(logits: Any, activation: str) -> Any:
         return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
+def _smooth_logits(logits: Any, sigma: float) -> Any:
+    """Each channel's logits blurred with a Gaussian of ``sigma`` voxels (edges repeated): models trained to
+    have their raw output smoothed before the threshold (the TAPS prostate model) are run as published."""
+    import torch
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(logits.numpy(), sigma=(0, 0, sigma, sigma, sigma), mode="nearest")
+    return torch.from_numpy(blurred)
+
+
 def _logit(probability: float) -> float:
     probability = min(max(probability, 1e-7), 1 - 1e-7)
     return math.log(probability / (1 - probability))
@@ -662,11 +697,21 @@ def segment_volume(
     device = pick_device(device)
     notes: list[str] = check_scope(volume, card, strict)
     progress.update(0.0, "Preparing")
+    if card["network"].get("class") == "nnUNet":  # nnU-Net's own preprocessing, windows and export
+        from .formats.nnunet import segment_nnunet
+
+        labels, confidence = run_with_fallback(
+            lambda where, size: segment_nnunet(volume, card, network, where, progress, fast), device, 1, notes
+        )
+        progress.update(1.0, "Segmentation done")
+        seconds = time.monotonic() - started
+        return SegmentationResult(volume.with_array(labels), None, card, device, seconds, notes, confidence)
     grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])
     model_box = _model_box(image, card)  # the part of the model's grid the network sees
-    image = image[(slice(None), slice(None), *model_box)]
+    image = _crop_padded(image, model_box)
+    on_grid, on_box = _overlap(model_box, grid.size_kji)
     windows = progress.step(0.02, 0.9)
     activation = card.get("activation", "softmax")
     threshold = float(card.get("threshold", 0.5))
@@ -686,28 +731,35 @@ def segment_volume(
     if nearest:
         model_labels, confidence = output
         whole = _zeros_on_grid(grid, model_labels.dtype)
-        whole[model_box] = model_labels
+        whole[on_grid] = model_labels[on_box]
         labels, kept = _nearest_labels(whole, grid), None
     else:
-        probabilities = _activate_(output, activation)
+        if card.get("logit_smoothing"):
+            output = _smooth_logits(output, float(card["logit_smoothing"]["sigma"]))
+        # "interpolate": "logits" maps the logits back and activates after (MONAI's Invertd on the raw prediction);
+        # otherwise the probabilities are mapped back. A sigmoid threshold moves to logit space with them.
+        on_logits = card.get("interpolate") == "logits"
+        scores = output if on_logits else _activate_(output, activation)
+        cut = (_logit(threshold) if on_logits else threshold) if activation == "sigmoid" else 0.0
         confidence = _Confidence()
-        cut = threshold if activation == "sigmoid" else 0.0
-        confidence.add(
-            _labels_of(probabilities[0], activation, cut), _chosen_probability(probabilities[0], activation, False)
-        )
-        if image.shape[2:] != grid.size_kji:  # outside the bundle's crop every class has probability 0
-            whole = _zeros_on_grid(grid, probabilities.dtype, (1, probabilities.shape[1]))
-            whole[(slice(None), slice(None), *model_box)] = probabilities
-            probabilities = whole
+        confidence.add(_labels_of(scores[0], activation, cut), _chosen_probability(scores[0], activation, on_logits))
+        if model_box != tuple(slice(0, n) for n in grid.size_kji):  # outside the crop: 0 (MONAI pads with 0)
+            whole = _zeros_on_grid(grid, scores.dtype, (1, scores.shape[1]))
+            whole[(slice(None), slice(None), *on_grid)] = scores[(slice(None), slice(None), *on_box)]
+            scores = whole
         labels, kept = _resample_probabilities(
-            probabilities,
+            scores,
             grid.oriented_shape,
             keep_probabilities,
             progress.step(0.9, 0.97),
             activation,
-            threshold,
+            cut if activation == "sigmoid" else threshold,
             positions=grid.input_positions() if grid.corner_aligned else None,
         )
+        if kept is not None and on_logits:
+            import torch
+
+            kept = _activate_(torch.from_numpy(kept)[None], activation)[0].numpy()
     full = np.zeros(volume.shape, dtype=np.uint8)
     full[box] = _from_target(labels, order, flips)
     result_labels = volume.with_array(full)

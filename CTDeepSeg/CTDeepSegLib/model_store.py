@@ -9,7 +9,9 @@ Card fields: ``name``, ``version``, ``task`` ("segmentation"), ``modality`` ("CT
 (``class`` and ``args``), ``spacing`` (mm along i, j, k), ``orientation`` (axis codes of i, j, k, e.g. "LPS"),
 ``normalisation`` (``{"kind": "ct_window", "window": [low, high]}`` or ``{"kind": "mri_zscore",
 "percentiles": [low, high]}``), ``roi_size`` (voxels along i, j, k), ``overlap``, ``postprocessing`` (steps as
-in ``postprocess``), ``provenance``, ``validation`` and ``weights`` (``file``, ``sha256``).
+in ``postprocess``), ``provenance``, ``validation`` and ``weights`` (``file``, ``sha256``). An ONNX model's network
+is ``{"class": "ONNX"}`` and its weights file ``model.onnx`` (``formats.onnx_model``); a registered nnU-Net v2
+results folder's is ``{"class": "nnUNet", "results": ...}`` (``formats.nnunet``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 from .detector import DETECTOR_CLASS, build_detector
 from .errors import CTDeepSegError
+from .formats.nnunet import NNUNET_CLASS
+from .formats.onnx_model import ONNX_CLASS
 from .model_paths import find_model_folders
 
 NETWORKS = ("UNet", "BasicUNet", "SegResNet", "SegResNetDS", "DynUNet", "AttentionUnet", "SwinUNETR")
@@ -117,7 +121,7 @@ def read_card(folder: Path) -> ModelCard:
             f"{path}: a detection model needs network class {DETECTOR_CLASS} and a 'detection' section "
             "(score_threshold, link_iou, nms_iou)."
         )
-    if not detection and data["network"].get("class") not in NETWORKS:
+    if not detection and data["network"].get("class") not in (*NETWORKS, ONNX_CLASS, NNUNET_CLASS):
         raise CTDeepSegError(
             f"{path}: network class {data['network'].get('class')!r} is not supported; "
             f"use one of {', '.join(NETWORKS)}."
@@ -150,6 +154,11 @@ def load_model(folder: Path | str) -> tuple[ModelCard, Any]:
     from safetensors.torch import load_file
 
     card = read_card(Path(folder))
+    if card["network"]["class"] == NNUNET_CLASS:  # a registered results folder: every fold's checkpoint checked
+        from .formats.nnunet import NnunetModel, verify_folds
+
+        verify_folds(card)
+        return card, NnunetModel(card)
     weights = card.weights_path
     if not weights.is_file():
         raise CTDeepSegError(f"{weights}: the model's weights file is missing; reinstall or re-download the model.")
@@ -159,6 +168,10 @@ def load_model(folder: Path | str) -> tuple[ModelCard, Any]:
             f"{weights}: checksum {actual[:12]}... differs from the card's "
             f"{str(card['weights'].get('sha256'))[:12]}...; the file is damaged or was replaced. Refusing to load it."
         )
+    if card["network"]["class"] == ONNX_CLASS:
+        from .formats.onnx_model import load_onnx
+
+        return card, load_onnx(weights)
     network = build_network(card)
     try:
         state = load_file(str(weights))

@@ -251,6 +251,36 @@ CASES = {
     )
 }
 
+
+@dataclass(frozen=True)
+class PackagedFiles:
+    """Files other than scans that ship in a PyPI package: a real trained model, and the package's own code that
+    runs it (to compare CTDeepSeg's pipeline against, in the tests)."""
+
+    package: str
+    archive_sha256: str
+    members: dict[str, str]  # path inside the archive -> sha256
+    licence: str
+
+
+PACKAGED_FILES = {
+    # TAPS: a trained MONAI SegResNet for prostate T2 MRI as ONNX, with the inference code that runs it. MIT.
+    "taps": PackagedFiles(
+        "lavlab-taps==1.1.2",
+        "e938361febacadbfd70995bee23c4a56219de6cb302eff3b24f34ff4b9bd790a",
+        {
+            "taps/resources/model_v1.onnx": "1e39be9d19f6f71810cb0931a7fe895441cfd318d6002730c918ee99b9d79b91",
+            "taps/inference.py": "dfec48e03b4e892d5502d485765dddda4881d63e3e06ca69018085ae7c3dc93b",
+            "taps/__init__.py": "0f622e874e8ce5d11b6ced01eaee8ed5fea7c4727ef160e9b43d506cb44944a0",
+            "taps/__about__.py": "ca8b73544aa3f4115ee30c1a6aef44d6de919bf919d0dc5822a18fe8cce61a90",
+            "lavlab_taps-1.1.2.dist-info/licenses/LICENSE.txt": (
+                "83e83f312603f5b63e74c699a893fa2f3c6c72032c46d217df0111cd801873a4"
+            ),
+        },
+        "MIT (lavlab-taps)",
+    ),
+}
+
 _MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
 
 
@@ -427,6 +457,29 @@ def fetch_cases(
             _build_case(case, archives[case.package], target)
     progress.update(1.0, "Cases ready")
     return [cases_folder / name for name in names]
+
+
+def fetch_package_files(name: str, cache: Path | None = None, python: str = sys.executable) -> Path:
+    """The folder holding the named package's ``PACKAGED_FILES`` at their archive paths (fetched once, checked
+    against the pinned sums, written to a temporary folder and renamed into place)."""
+    if name not in PACKAGED_FILES:
+        raise CTDeepSegError(f"Unknown packaged files {name!r}; available: {', '.join(PACKAGED_FILES)}.")
+    files = PACKAGED_FILES[name]
+    target = (cache or cache_folder()) / "packages" / name
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ctdeepseg-fetch-") as scratch:
+        archive = _download(files.package, files.archive_sha256, Path(scratch), python)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        try:
+            for member, digest in files.members.items():
+                (staging / member).parent.mkdir(parents=True, exist_ok=True)
+                (staging / member).write_bytes(_member(archive, member, digest))
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def load_case(name: str, cache: Path | None = None) -> tuple[Volume, Volume, dict]:

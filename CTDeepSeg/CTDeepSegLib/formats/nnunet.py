@@ -1,0 +1,502 @@
+"""nnU-Net v2 results folders (TotalSegmentator's weights, DentalSegmentator, users' own) in CTDeepSeg's pipeline.
+
+A results folder (``dataset.json``, ``plans.json``, ``fold_K/checkpoint_final.pth``) is read as data: the network
+comes from ``dynamic_network_architectures`` (the package nnU-Net builds it with), its class and layer types
+picked from an allow-list rather than imported by the names in ``plans.json``; checkpoints are read with
+``torch.load(weights_only=True)`` (plain containers, tensors and numpy numbers only), so a checkpoint that needs
+any other pickled object is refused.
+
+The prediction is nnU-Net's (``nnUNetPredictor``): crop to the non-zero voxels (holes filled), normalise on the
+input grid (CT: clip to the dataset's 0.5 / 99.5 foreground percentiles, z-score with its mean and std; z-score
+per image otherwise, inside the non-zero mask when the plans say so), resample with spline order 3 in-plane and
+nearest along an anisotropic axis, a Gaussian sliding window with nnU-Net's steps, mirrored test-time
+augmentation on the axes the checkpoint allows, the folds' logits averaged, logits resampled back (linear, nearest
+along the anisotropic axis), argmax (or the regions' sigmoids in their order) and pasted into the crop. Two
+deliberate differences: the windows are stitched in float32 (nnU-Net uses float16 on every device), and the
+logits go back to the input grid one class at a time, kept in float32 (nnU-Net converts all classes to float64).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import CTDeepSegError
+from ..jobs import Progress
+
+NNUNET_CLASS = "nnUNet"
+_ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
+_NETWORKS = {
+    "PlainConvUNet": "dynamic_network_architectures.architectures.unet",
+    "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet",
+}
+_LAYERS = {
+    "torch.nn.modules.conv.Conv3d": ("torch.nn", "Conv3d"),
+    "torch.nn.Conv3d": ("torch.nn", "Conv3d"),
+    "torch.nn.modules.instancenorm.InstanceNorm3d": ("torch.nn", "InstanceNorm3d"),
+    "torch.nn.InstanceNorm3d": ("torch.nn", "InstanceNorm3d"),
+    "torch.nn.modules.batchnorm.BatchNorm3d": ("torch.nn", "BatchNorm3d"),
+    "torch.nn.BatchNorm3d": ("torch.nn", "BatchNorm3d"),
+    "torch.nn.LeakyReLU": ("torch.nn", "LeakyReLU"),
+    "torch.nn.modules.activation.LeakyReLU": ("torch.nn", "LeakyReLU"),
+    "torch.nn.ReLU": ("torch.nn", "ReLU"),
+    "torch.nn.modules.activation.ReLU": ("torch.nn", "ReLU"),
+    "torch.nn.modules.dropout.Dropout3d": ("torch.nn", "Dropout3d"),
+    "torch.nn.Dropout3d": ("torch.nn", "Dropout3d"),
+}
+_RESAMPLING = "resample_data_or_seg_to_shape"
+
+
+def is_nnunet_results(folder: Path) -> bool:
+    folder = Path(folder)
+    return (
+        (folder / "dataset.json").is_file()
+        and (folder / "plans.json").is_file()
+        and any(folder.glob("fold_*/checkpoint_*.pth"))
+    )
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CTDeepSegError(f"{path}: cannot read it ({error}).") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """An nnU-Net checkpoint as plain data (``weights_only``: tensors, containers, numbers, numpy scalars)."""
+    from .torch_checkpoint import load_plain
+
+    checkpoint = load_plain(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise CTDeepSegError(f"{path}: not an nnU-Net checkpoint (no 'network_weights').")
+    return checkpoint
+
+
+def _folds(results: Path, checkpoint: str) -> list[tuple[str, Path]]:
+    folds = sorted(
+        (path.parent.name.split("_", 1)[1], path) for path in results.glob(f"fold_*/{checkpoint}") if path.is_file()
+    )
+    if not folds:
+        raise CTDeepSegError(f"{results}: no fold_N/{checkpoint}.")
+    return folds
+
+
+def _labels(dataset: dict, where: Path) -> tuple[list[dict], list[int] | None]:
+    """Labels from ``dataset.json`` (``{"background": 0, "liver": 1, ...}``, or regions: lists of values with a
+    ``regions_class_order``), with SNOMED codes where the name is known; and the regions' order (None without)."""
+    from ..catalogue.terminology import structure
+
+    names = dataset.get("labels")
+    if not isinstance(names, dict):
+        raise CTDeepSegError(f"{where}: dataset.json has no 'labels' dictionary.")
+    regions = any(isinstance(value, (list, tuple)) for value in names.values())
+    order = dataset.get("regions_class_order") if regions else None
+    if regions and not order:
+        raise CTDeepSegError(f"{where}: region labels need a regions_class_order in dataset.json.")
+    labels = []
+    for name, value in names.items():
+        value = max(value) if isinstance(value, (list, tuple)) else value
+        if int(value) > 0 and name != "background":
+            labels.append({"value": int(value), **structure(name)})
+    if not labels:
+        raise CTDeepSegError(f"{where}: dataset.json lists no label above 0.")
+    return sorted(labels, key=lambda label: label["value"]), order
+
+
+def _configuration(plans: dict, name: str, where: Path) -> dict:
+    configurations = plans.get("configurations", {})
+    if name not in configurations:
+        raise CTDeepSegError(f"{where}: plans.json has no configuration {name!r}.")
+    configuration = dict(configurations[name])
+    parent = configuration.get("inherits_from")
+    if parent:
+        configuration = {**_configuration(plans, parent, where), **configuration}
+    return configuration
+
+
+def nnunet_card_data(
+    results: Path, name: str | None, overrides: dict, checkpoint: str = "checkpoint_final.pth"
+) -> dict:
+    """The card of a results folder registered where it is, with the SHA-256 of each fold's checkpoint pinned."""
+    from ..model_store import sha256_file
+
+    results = Path(results).resolve()
+    dataset, plans = _json(results / "dataset.json"), _json(results / "plans.json")
+    folds = _folds(results, checkpoint)
+    first = read_checkpoint(folds[0][1])
+    configuration_name = (first.get("init_args") or {}).get("configuration") or results.name.split("__")[-1]
+    configuration = _configuration(plans, configuration_name, results)
+    if len(configuration.get("patch_size", [])) != 3:
+        raise CTDeepSegError(f"{results}: configuration {configuration_name} is 2D; CTDeepSeg runs 3D ones.")
+    if configuration.get("previous_stage"):
+        raise CTDeepSegError(f"{results}: a cascade stage needs the low-resolution stage's output; not supported.")
+    if len(dataset.get("channel_names", {"0": ""})) != 1:
+        raise CTDeepSegError(f"{results}: the model takes several input volumes; CTDeepSeg runs one.")
+    labels, _ = _labels(dataset, results)
+    schemes = configuration.get("normalization_schemes", ["ZScoreNormalization"])
+    transpose = plans.get("transpose_forward", [0, 1, 2])
+    spacing_kji = np.empty(3)
+    spacing_kji[transpose] = configuration["spacing"]  # plans hold spacing in the transposed (k, j, i) order
+    data = {
+        "name": name or results.parent.name,
+        "version": "",
+        "task": "segmentation",
+        "modality": "CT" if schemes[0] == "CTNormalization" else "MRI",
+        "description": f"nnU-Net v2 model {results.parent.name} ({configuration_name}, folds "
+        f"{', '.join(fold for fold, _ in folds)}), registered from {results}",
+        "labels": labels,
+        "network": {"class": NNUNET_CLASS, "results": str(results), "configuration": configuration_name},
+        "spacing": [float(s) for s in spacing_kji[::-1]],
+        "orientation": "native",
+        "normalisation": {"kind": "nnunet", "schemes": schemes},
+        "roi_size": [int(s) for s in np.asarray(configuration["patch_size"])[::-1]],
+        "overlap": 0.5,
+        "postprocessing": [],
+        "weights": {
+            "file": str(folds[0][1]),
+            "format": "nnunetv2",
+            "sha256": sha256_file(folds[0][1]),
+            "folds": {fold: {"file": str(path), "sha256": sha256_file(path)} for fold, path in folds},
+        },
+        "provenance": {"source": "nnU-Net v2 results folder", "results": str(results)},
+    }
+    data.update({key: value for key, value in overrides.items() if key in ("modality", "description", "scope")})
+    return data
+
+
+def _architecture(configuration: dict, where: Path) -> tuple[str, dict]:
+    """Network class name and keyword arguments (layer types as classes), from new or pre-2.4 plans."""
+    import importlib
+
+    architecture = configuration.get("architecture")
+    if architecture is None:  # plans written before nnU-Net 2.4 describe the U-Net in flat fields
+        kind = configuration.get("UNet_class_name")
+        if kind not in _NETWORKS:
+            raise CTDeepSegError(f"{where}: network {kind!r} is not one of {', '.join(_NETWORKS)}.")
+        stages = len(configuration["n_conv_per_stage_encoder"])
+        kwargs = {
+            "n_stages": stages,
+            "features_per_stage": [
+                min(configuration["UNet_base_num_features"] * 2**i, configuration["unet_max_num_features"])
+                for i in range(stages)
+            ],
+            "conv_op": "torch.nn.Conv3d",
+            "kernel_sizes": configuration["conv_kernel_sizes"],
+            "strides": configuration["pool_op_kernel_sizes"],
+            ("n_conv_per_stage" if kind == "PlainConvUNet" else "n_blocks_per_stage"): configuration[
+                "n_conv_per_stage_encoder"
+            ],
+            "n_conv_per_stage_decoder": configuration["n_conv_per_stage_decoder"],
+            "conv_bias": True,
+            "norm_op": "torch.nn.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        }
+        architecture = {"network_class_name": kind, "arch_kwargs": kwargs}
+        architecture["_kw_requires_import"] = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+    kind = str(architecture["network_class_name"]).split(".")[-1]
+    if kind not in _NETWORKS:
+        raise CTDeepSegError(
+            f"{where}: network {architecture['network_class_name']!r} is not one of {', '.join(_NETWORKS)}."
+        )
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture.get("_kw_requires_import", []):
+        if kwargs.get(key) is None:
+            continue
+        if kwargs[key] not in _LAYERS:
+            raise CTDeepSegError(f"{where}: layer type {kwargs[key]!r} is not on CTDeepSeg's allow-list.")
+        module, attribute = _LAYERS[kwargs[key]]
+        kwargs[key] = getattr(importlib.import_module(module), attribute)
+    return kind, kwargs
+
+
+class NnunetModel:
+    """The folds' networks, plans and dataset description of a registered results folder."""
+
+    def __init__(self, card: Any):
+        import importlib
+
+        results = Path(card["network"]["results"])
+        self.dataset, self.plans = _json(results / "dataset.json"), _json(results / "plans.json")
+        self.configuration = _configuration(self.plans, card["network"]["configuration"], results)
+        _, self.regions = _labels(self.dataset, results)
+        kind, kwargs = _architecture(self.configuration, results)
+        try:
+            network_class = getattr(importlib.import_module(_NETWORKS[kind]), kind)
+        except ImportError:
+            raise CTDeepSegError(
+                "nnU-Net models need the dynamic_network_architectures package; install it with "
+                "`pip install dynamic-network-architectures` (or from the CTDeepSeg panel)."
+            ) from None
+        heads = len(self.regions) if self.regions else len(self.dataset["labels"])
+        self.networks, self.mirror_axes = [], None
+        for entry in card["weights"]["folds"].values():
+            checkpoint = read_checkpoint(Path(entry["file"]))
+            network = network_class(input_channels=1, num_classes=heads, deep_supervision=False, **kwargs)
+            try:
+                network.load_state_dict(checkpoint["network_weights"])
+            except RuntimeError:
+                raise CTDeepSegError(f"{entry['file']}: the weights do not fit the network in plans.json.") from None
+            self.networks.append(network.eval())
+            axes = checkpoint.get("inference_allowed_mirroring_axes")
+            self.mirror_axes = tuple(int(a) for a in axes) if axes is not None else None
+        self.device = "cpu"
+
+    def to(self, device: str, **_: Any) -> NnunetModel:
+        for network in self.networks:
+            network.to(device)
+        self.device = device
+        return self
+
+    def eval(self) -> NnunetModel:
+        return self
+
+
+def verify_folds(card: Any) -> None:
+    """Every fold's checkpoint still has the SHA-256 pinned when the folder was registered."""
+    from ..model_store import sha256_file
+
+    for fold, entry in card["weights"]["folds"].items():
+        path = Path(entry["file"])
+        if not path.is_file():
+            raise CTDeepSegError(f"{path}: fold {fold}'s checkpoint is missing; import the results folder again.")
+        if sha256_file(path) != entry["sha256"]:
+            raise CTDeepSegError(
+                f"{path}: fold {fold}'s checkpoint changed since it was imported; import the results folder again "
+                "if the change is intended. Refusing to load it."
+            )
+
+
+# ---------------------------------------------------------------- nnU-Net's resampling, with scipy only
+
+
+def _separate_axis(current: np.ndarray, new: np.ndarray, force: bool | None) -> int | None:
+    """The anisotropic axis nnU-Net resamples apart (nearest along it), or None."""
+
+    def lowres(spacing: np.ndarray) -> np.ndarray:
+        return np.where(max(spacing) / np.asarray(spacing) == 1)[0]
+
+    if force is not None:
+        axes = lowres(current) if force else None
+    elif max(current) / min(current) > _ANISOTROPY:
+        axes = lowres(current)
+    elif max(new) / min(new) > _ANISOTROPY:
+        axes = lowres(new)
+    else:
+        axes = None
+    return int(axes[0]) if axes is not None and len(axes) == 1 else None
+
+
+def _resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """What ``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)`` computes (a
+    spline zoom on the voxel grid, clipped to the input's range), with scipy, which Slicer ships."""
+    factors = np.divide(image.shape, shape)
+    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
+    if order > 1:
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def _along_axis(array: np.ndarray, size: int, axis: int, order: int) -> np.ndarray:
+    """``array`` resampled to ``size`` along ``axis`` at nnU-Net's positions (voxel centres scaled), edges held."""
+    positions = (np.arange(size) + 0.5) * (array.shape[axis] / size) - 0.5
+    positions = np.clip(positions, 0, array.shape[axis] - 1)
+    if order == 0:
+        return np.take(array, np.floor(positions + 0.5).astype(np.intp), axis=axis)
+    if order == 1:
+        below = np.floor(positions).astype(np.intp)
+        above = np.minimum(below + 1, array.shape[axis] - 1)
+        shape = [1] * array.ndim
+        shape[axis] = -1
+        weight = (positions - below).reshape(shape)
+        return np.take(array, below, axis=axis) * (1 - weight) + np.take(array, above, axis=axis) * weight
+    raise CTDeepSegError(f"Resampling with order {order} along the anisotropic axis is not supported.")
+
+
+def resample(channel: np.ndarray, shape: tuple[int, ...], current: np.ndarray, new: np.ndarray, kwargs: dict) -> Any:
+    """One channel resampled as nnU-Net's ``resample_data_or_seg_to_shape`` (non-segmentation) does, in float64."""
+    if tuple(channel.shape) == tuple(shape):
+        return channel
+    order, order_z = int(kwargs.get("order", 3)), int(kwargs.get("order_z", 0))
+    axis = _separate_axis(np.asarray(current, float), np.asarray(new, float), kwargs.get("force_separate_z", False))
+    channel = channel.astype(float, copy=False)
+    if axis is None:
+        return _resize(channel, tuple(shape), order)
+    plane = [n for a, n in enumerate(shape) if a != axis]
+    slices = [_resize(np.take(channel, index, axis=axis), tuple(plane), order) for index in range(channel.shape[axis])]
+    stacked = np.stack(slices, axis=axis)
+    return stacked if stacked.shape[axis] == shape[axis] else _along_axis(stacked, shape[axis], axis, order_z)
+
+
+def _resampling_kwargs(configuration: dict, key: str, where: str) -> dict:
+    name = configuration.get(f"resampling_fn_{key}", _RESAMPLING)
+    if name != _RESAMPLING:
+        raise CTDeepSegError(f"{where}: resampling function {name!r} is not supported yet (only {_RESAMPLING}).")
+    kwargs = dict(configuration.get(f"resampling_fn_{key}_kwargs", {}))
+    if kwargs.get("is_seg"):
+        raise CTDeepSegError(f"{where}: resampling the {key} as a segmentation is not supported.")
+    return kwargs
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def _normalise(data: np.ndarray, mask: np.ndarray, model: NnunetModel) -> np.ndarray:
+    scheme = model.configuration.get("normalization_schemes", ["ZScoreNormalization"])[0]
+    use_mask = bool(model.configuration.get("use_mask_for_norm", [False])[0])
+    data = data.astype(np.float32, copy=False)
+    if scheme == "CTNormalization":
+        properties = model.plans["foreground_intensity_properties_per_channel"]["0"]
+        np.clip(data, properties["percentile_00_5"], properties["percentile_99_5"], out=data)
+        data -= properties["mean"]
+        data /= max(properties["std"], 1e-8)
+        return data
+    if scheme == "ZScoreNormalization":
+        if use_mask:
+            values = data[mask]
+            data[mask] = (values - values.mean()) / max(values.std(), 1e-8)
+            return data
+        mean, std = data.mean(), data.std()
+        data -= mean
+        data /= max(std, 1e-8)
+        return data
+    if scheme == "NoNormalization":
+        return data
+    raise CTDeepSegError(f"Normalisation {scheme!r} of this nnU-Net model is not supported yet.")
+
+
+def _steps(size: int, tile: int, step: float) -> list[int]:
+    """nnU-Net's window starts along one axis: as few as the step allows, spread evenly, rounded."""
+    count = int(np.ceil((size - tile) / (tile * step))) + 1
+    if count == 1:
+        return [0]
+    spacing = (size - tile) / (count - 1)
+    return [int(np.round(spacing * index)) for index in range(count)]
+
+
+def _gaussian(tile: tuple[int, ...]) -> np.ndarray:
+    """nnU-Net's window weight: a Gaussian with sigma an eighth of the tile, zeros replaced by the smallest value."""
+    impulse = np.zeros(tile)
+    impulse[tuple(size // 2 for size in tile)] = 1
+    weight = ndimage.gaussian_filter(impulse, [size / 8 for size in tile], 0, mode="constant", cval=0)
+    weight /= weight.max() / 10
+    weight[weight == 0] = weight[weight > 0].min()
+    return weight.astype(np.float32)
+
+
+def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progress, fast: bool) -> Any:
+    """Sliding-window logits (classes, d, h, w) on the CPU, averaged over mirrors and folds."""
+    import torch
+
+    from ..inference import _reduced_precision
+
+    tile = tuple(int(t) for t in model.configuration["patch_size"])
+    pad = [max(t - n, 0) for t, n in zip(tile, image.shape)]
+    data = np.pad(image, [(p // 2, p - p // 2) for p in pad])
+    starts = [_steps(n, t, 0.5) for n, t in zip(data.shape, tile)]
+    windows = list(itertools.product(*starts))
+    weight = torch.from_numpy(_gaussian(tile))
+    total = None
+    counts = torch.zeros(data.shape)
+    tensor = torch.from_numpy(np.ascontiguousarray(data))[None, None]
+    axes = [a + 2 for a in model.mirror_axes or ()]
+    flips = [c for size in range(1, len(axes) + 1) for c in itertools.combinations(axes, size)]
+    done, work = 0, len(windows) * len(model.networks)
+    with torch.inference_mode(), _reduced_precision(device, fast):
+        for network in model.networks:
+            network.to(device)
+            for start in windows:
+                progress.update(done / work, f"Segmenting ({device})")
+                place = tuple(slice(s, s + t) for s, t in zip(start, tile))
+                window = tensor[(slice(None), slice(None), *place)].to(device)
+                prediction = network(window).float()
+                for flip in flips:
+                    prediction += torch.flip(network(torch.flip(window, flip)).float(), flip)
+                prediction = (prediction / (len(flips) + 1))[0].cpu()
+                if total is None:
+                    total = torch.zeros((prediction.shape[0], *data.shape))
+                total[(slice(None), *place)] += prediction * weight
+                if network is model.networks[0]:
+                    counts[place] += weight
+                done += 1
+        total /= counts * len(model.networks)
+    inside = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pad, image.shape))
+    return total[(slice(None), *inside)]
+
+
+def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, progress: Progress, fast: bool) -> Any:
+    """Labels (k, j, i) on ``volume``'s grid and per-label confidence, as nnU-Net's predictor computes them."""
+    from ..inference import _Confidence
+
+    where = str(card["network"]["results"])
+    transpose = list(model.plans.get("transpose_forward", [0, 1, 2]))
+    image = volume.array.astype(np.float32).transpose(transpose)
+    spacing = np.asarray(volume.spacing[::-1], dtype=float)[transpose]  # (k, j, i) then nnU-Net's order
+    target = np.asarray(model.configuration["spacing"], dtype=float)
+    mask = ndimage.binary_fill_holes(image != 0)
+    box = _box(mask)
+    cropped, mask = image[box], mask[box]
+    progress.update(0.0, "Preparing (nnU-Net)")
+    normalised = _normalise(cropped.copy(), mask, model)
+    shape = tuple(int(round(c / t * n)) for c, t, n in zip(spacing, target, cropped.shape))
+    data_kwargs = _resampling_kwargs(model.configuration, "data", where)
+    resampled = resample(normalised, shape, spacing, target, data_kwargs).astype(np.float32)
+    logits = _logits(model, resampled, device, progress.step(0.02, 0.9), fast)
+    back = progress.step(0.9, 1.0)
+    kwargs = _resampling_kwargs(model.configuration, "probabilities", where)
+    labels, confidence = _labels_back(logits, cropped.shape, target, spacing, kwargs, model, back)
+    full = np.zeros(image.shape, dtype=np.uint8)
+    full[box] = labels
+    inverse = np.argsort(transpose)
+    record = _Confidence()
+    record.sums[: len(confidence[0])] += confidence[0]
+    record.counts[: len(confidence[1])] += confidence[1]
+    return full.transpose(inverse), record.by_name(card)
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...]:
+    from ..metrics import bounding_box
+
+    return bounding_box(mask) or tuple(slice(0, n) for n in mask.shape)
+
+
+def _labels_back(
+    logits: Any,
+    shape: tuple[int, ...],
+    current: np.ndarray,
+    new: np.ndarray,
+    kwargs: dict,
+    model: NnunetModel,
+    progress: Progress,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Logits resampled to the cropped input grid one channel at a time, then nnU-Net's labels: argmax, or for
+    regions each sigmoid above 0.5 written in ``regions_class_order``. Also the per-label sums of the chosen
+    probability and voxel counts (for confidence)."""
+    channels = logits.shape[0]
+    resampled = []
+    for channel in range(channels):
+        progress.update(channel / channels, "Resampling to the input grid")
+        resampled.append(resample(logits[channel].numpy(), shape, current, new, kwargs).astype(np.float32))
+    stack = np.stack(resampled)
+    if model.regions:
+        probabilities = 1 / (1 + np.exp(-stack))
+        labels = np.zeros(shape, dtype=np.uint8)
+        for index, value in enumerate(model.regions):
+            labels[probabilities[index] > 0.5] = value
+        chosen = probabilities.max(0)
+    else:
+        labels = stack.argmax(0).astype(np.uint8)
+        top = stack.max(0)
+        chosen = 1.0 / np.exp(stack - top).sum(0)
+    sums = np.bincount(labels.ravel(), weights=chosen.ravel().astype(np.float64), minlength=256)
+    counts = np.bincount(labels.ravel(), minlength=256).astype(float)
+    return labels, (sums, counts)

@@ -1,0 +1,137 @@
+"""nnU-Net v2 results folders in CTDeepSeg's pipeline agree with nnU-Net's own predictor; unsafe checkpoints and
+changed folds are refused."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nnunet_fixtures import results_folder
+
+from CTDeepSegLib.errors import CTDeepSegError
+from CTDeepSegLib.formats.importing import import_model
+from CTDeepSegLib.inference import segment_volume
+from CTDeepSegLib.model_store import open_model
+from CTDeepSegLib.phantom import make_phantom
+from CTDeepSegLib.volume_io import write_volume
+
+
+def _nnunet(folder: Path, image_kji: np.ndarray, spacing_ijk) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=True,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=None, checkpoint_name="checkpoint_final.pth")
+    properties = {"spacing": [float(s) for s in spacing_ijk[::-1]]}
+    return predictor.predict_single_npy_array(image_kji[None].astype(np.float32), properties, None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "scheme"),
+    [((1.4, 1.4, 2.6), "CTNormalization"), ((1.0, 1.0, 6.0), "ZScoreNormalization")],
+    ids=["isotropic-enough", "anisotropic-separate-z"],
+)
+def test_results_folder_agrees_with_nnunet_predictor(tmp_path, monkeypatch, spacing, scheme):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    folder = results_folder(tmp_path / "results", scheme=scheme)
+    card = import_model(folder, "phantom-nnunet", destination=tmp_path / "models")
+    assert card["network"]["class"] == "nnUNet" and set(card["weights"]["folds"]) == {"0", "1"}
+    assert [label.name for label in card.labels] == ["lung", "liver", "lesion"]
+    assert card.labels[1].snomed["type"][1] == "10200004"
+    phantom = make_phantom(shape=(36, 60, 60), spacing=spacing, seed=4)
+    loaded, model = open_model(card.folder)
+    ours = segment_volume(phantom.image, loaded, model, device="cpu").labels.array
+    reference = _nnunet(folder, phantom.image.array, phantom.image.spacing)
+    counts = np.bincount(reference.ravel(), minlength=4)
+    print(f"{scheme}: agreement {np.mean(ours == reference):.5f}; nnU-Net's label counts {counts.tolist()}")
+    assert (counts > 0.02 * reference.size).sum() >= 2, "one label everywhere would make agreement meaningless"
+    assert np.mean(ours == reference) >= 0.99
+
+
+def test_a_checkpoint_that_needs_pickled_objects_is_refused(tmp_path):
+    folder = results_folder(tmp_path, folds=(0,))
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["init_args"]["output_folder"] = pathlib.PurePosixPath("/somewhere")  # any class, e.g. nnU-Net's
+    torch.save(checkpoint, path)
+    with pytest.raises(CTDeepSegError, match="not a plain weights file .*never unpickles code"):
+        import_model(folder, "unsafe", destination=tmp_path / "models")
+    assert not (tmp_path / "models" / "unsafe").exists()
+
+
+def test_a_fold_changed_after_import_is_refused(tmp_path):
+    folder = results_folder(tmp_path, folds=(0,))
+    card = import_model(folder, "changed", destination=tmp_path / "models")
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["current_epoch"] = 999
+    torch.save(checkpoint, path)
+    with pytest.raises(CTDeepSegError, match="fold 0's checkpoint changed since it was imported"):
+        open_model(card.folder)
+
+
+def test_unsupported_layer_types_are_refused_not_imported(tmp_path):
+    folder = results_folder(tmp_path, folds=(0,))
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["nonlin"] = "os.system"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    card = import_model(folder, "layers", destination=tmp_path / "models")
+    with pytest.raises(CTDeepSegError, match="layer type 'os.system' is not on CTDeepSeg's allow-list"):
+        open_model(card.folder)
+
+
+def test_command_line_registers_a_results_folder(tmp_path):
+    folder = results_folder(tmp_path / "results", folds=(0,))
+    env = {"XDG_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    cwd = Path(__file__).resolve().parents[1] / "CTDeepSeg"
+    done = subprocess.run(
+        [sys.executable, "-m", "CTDeepSegLib.cli", "models", "--import", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Imported Dataset001_Phantom" in done.stdout
+    phantom = make_phantom(shape=(30, 48, 48), seed=2)
+    write_volume(phantom.image, tmp_path / "ct.nii.gz")
+    done = subprocess.run(
+        [sys.executable, "-m", "CTDeepSegLib.cli", "segment", str(tmp_path / "ct.nii.gz"), "-o"]
+        + [str(tmp_path / "seg.nii.gz"), "--model", "Dataset001_Phantom", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_logic_registers_a_results_folder_and_segments_a_volume_node(scene, ctdeepseg_module, tmp_path, home):
+    """The console's route (the panel runs the same action in its child process), on real MRML nodes: the
+    segments carry the dataset's names and the labels sit on the volume's grid."""
+    folder = results_folder(tmp_path / "results", folds=(0,))
+    logic = ctdeepseg_module.CTDeepSegLogic()
+    model = logic.importModel(str(folder), "console-nnunet")
+    assert model == str(home / "console-nnunet")
+    volumeNode, _, _ = logic.createPhantom(seed=2, shape=(24, 40, 40), spacing=(3.0, 3.0, 4.0))
+    segmentationNode = logic.segment(volumeNode, model=model, device="cpu")
+    labels = logic.segmentationToLabels(segmentationNode)
+    assert logic.volumeFromNode(volumeNode).geometry_mismatch(labels) is None
+    segmentation = segmentationNode.GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    assert names and names <= {"lung", "liver", "lesion"}
+    expected = _nnunet(folder, logic.volumeFromNode(volumeNode).array, logic.volumeFromNode(volumeNode).spacing)
+    assert np.mean(labels.array == expected) >= 0.99
