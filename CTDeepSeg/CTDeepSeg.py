@@ -510,7 +510,8 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.mainWindow(),
             "Import a model",
             "",
-            "Models (*.zip *.onnx plans.json);;Model archives (*.zip);;ONNX models (*.onnx);;nnU-Net results (plans.json)",
+            "Models (*.zip *.onnx plans.json);;Model archives (*.zip);;ONNX models (*.onnx);;"
+            "nnU-Net results (plans.json)",
         )
         if not path:
             return
