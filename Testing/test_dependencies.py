@@ -126,10 +126,3 @@ def test_too_old_a_torch_is_not_replaced_but_explained(ctdeepseg_module, monkeyp
     monkeypatch.setattr(ctdeepseg_module, "problem", lambda r: "2.1.0 is installed; CTDeepSeg needs >=2.4.1")
     with pytest.raises(CTDeepSegError, match="PyTorch is too old .*PyTorch Utils module, uninstall PyTorch"):
         logic.ensureDependencies(confirm=lambda message: True)
-
-
-def test_a_gpu_build_satisfies_its_module(monkeypatch):
-    _installed(monkeypatch, onnxruntime=None, **{"onnxruntime-gpu": "1.22.0"})
-    assert problem(BY_NAME["onnxruntime"]) is None
-    _installed(monkeypatch, onnxruntime=None, **{"onnxruntime-gpu": None})
-    assert problem(BY_NAME["onnxruntime"]) == "not installed"

@@ -172,6 +172,16 @@ def _catalogue(scene, logic, tmp_path):
         server.close()
 
 
+@scenario("importModel")
+def _import(scene, logic, tmp_path):
+    from nnunet_fixtures import results_folder
+
+    folder = results_folder(tmp_path / "results", folds=(0,))
+    with pytest.MonkeyPatch.context() as patch, census(scene):
+        patch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+        logic.importModel(str(folder), "census-nnunet")
+
+
 @scenario("promptNodes", "promptsFromNodes", "promptsFromRas", "segmentMask", "setSegmentMask", "clickSegment")
 def _interactive(scene, logic, tmp_path):
     volumeNode, truthNode, lesions = logic.createPhantom(seed=1, **SMALL)

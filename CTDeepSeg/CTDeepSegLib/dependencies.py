@@ -32,7 +32,6 @@ class Requirement:
     installed_by: str = "pip"  # "pip", "PyTorch extension" or "Slicer" (part of Slicer; never installed)
     purpose: str = ""
     optional: bool = False  # CTDeepSeg works without it, more slowly or without one picture
-    alternatives: tuple[str, ...] = ()  # other distributions that provide the same module (a GPU build)
 
     @property
     def pip_spec(self) -> str:
@@ -53,21 +52,6 @@ REQUIREMENTS = (
         "pykdtree", "pykdtree", ">=1.3", purpose="faster surface distances (scipy is used without it)", optional=True
     ),
     Requirement("matplotlib", "matplotlib", ">=3.7", purpose="the fine-tuning curve picture", optional=True),
-    Requirement(
-        "onnxruntime",
-        "onnxruntime",
-        ">=1.17",
-        purpose="running models imported as ONNX files",
-        optional=True,
-        alternatives=("onnxruntime-gpu",),
-    ),
-    Requirement(
-        "dynamic-network-architectures",
-        "dynamic_network_architectures",
-        ">=0.4,<0.5",
-        purpose="running nnU-Net v2 models (TotalSegmentator's format)",
-        optional=True,
-    ),
 )
 
 # Installed packages that pip must keep exactly as they are inside Slicer.
@@ -83,8 +67,7 @@ def installed_version(distribution: str) -> str | None:
 
 def problem(requirement: Requirement) -> str | None:
     """Why ``requirement`` is not met (``not installed``, or the version and what is needed), or None."""
-    names = (requirement.distribution, *requirement.alternatives)
-    version = next((found for name in names if (found := installed_version(name)) is not None), None)
+    version = installed_version(requirement.distribution)
     if version is None:
         # Slicer's own builds (SimpleITK) may come without pip metadata: importable is enough for those.
         if requirement.installed_by == "Slicer" and importlib.util.find_spec(requirement.module) is not None:
