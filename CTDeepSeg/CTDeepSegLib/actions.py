@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CTDeepSegError
 from .jobs import Progress
 from .volume import Volume
 
@@ -175,17 +174,11 @@ def import_model(
 ) -> str:
     """Install an ONNX file (its preprocessing and labels in ``card_file``, a model.json-style file) or register
     an nnU-Net v2 results folder; returns the new model folder. See ``formats.importing``."""
-    import json
-
     from .formats.importing import import_model as run
+    from .formats.importing import read_card_file
 
     (progress or Progress()).update(0.0, "Importing the model")
-    card = None
-    if card_file:
-        try:
-            card = json.loads(Path(card_file).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CTDeepSegError(f"{card_file}: cannot read the card ({error}).") from None
+    card = read_card_file(card_file) if card_file else None
     return str(run(source, name, card).folder)
 
 

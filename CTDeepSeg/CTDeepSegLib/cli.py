@@ -135,14 +135,9 @@ def command_models(arguments: argparse.Namespace) -> int:
 
 
 def command_import(arguments: argparse.Namespace) -> int:
-    from .formats.importing import import_model, labels_from_text, normalisation_from_text
+    from .formats.importing import import_model, labels_from_text, normalisation_from_text, read_card_file
 
-    card: dict = {}
-    if arguments.card:
-        try:
-            card = json.loads(Path(arguments.card).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise CTDeepSegError(f"{arguments.card}: cannot read the card ({error}).") from None
+    card = read_card_file(arguments.card) if arguments.card else {}
     stated = {
         "modality": arguments.modality,
         "labels": labels_from_text(arguments.labels) if arguments.labels else None,

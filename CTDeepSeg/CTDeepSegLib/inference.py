@@ -371,7 +371,7 @@ def _crop_padded(image: Any, box: tuple[slice, ...]) -> Any:
     """``image`` (1, 1, d, h, w) inside ``box``, zero where the box reaches past it."""
     import torch
 
-    inside = tuple(slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(box, image.shape[2:]))
+    inside, _ = _overlap(box, tuple(image.shape[2:]))
     pad = []
     for b, n in reversed(list(zip(box, image.shape[2:]))):
         pad.extend([max(-b.start, 0), max(b.stop - n, 0)])

@@ -200,16 +200,29 @@ def save_model(
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise CTDeepSegError(f"{folder}: already exists; choose another model folder.")
+
+    def fill(staging: Path) -> None:
+        weights = staging / "model.safetensors"
+        save_file({key: value.detach().cpu().contiguous() for key, value in state_dict.items()}, str(weights))
+        weighed = {**card, "weights": {"file": weights.name, "format": "safetensors", "sha256": sha256_file(weights)}}
+        (staging / "model.json").write_text(json.dumps(weighed, indent=2))
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
+
+    return write_model_folder(folder, fill)
+
+
+def write_model_folder(folder: Path, fill: Any, check: Any = None) -> ModelCard:
+    """A model folder made whole or not at all: ``fill(staging)`` writes the files (``model.json`` among them)
+    into a temporary folder beside ``folder``; its card is read (and ``check(staging)`` run) there; only then
+    does it replace ``folder``. Whether an existing ``folder`` may be replaced is the caller's decision."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        weights = staging / "model.safetensors"
-        save_file({key: value.detach().cpu().contiguous() for key, value in state_dict.items()}, str(weights))
-        card = {**card, "weights": {"file": weights.name, "format": "safetensors", "sha256": sha256_file(weights)}}
-        (staging / "model.json").write_text(json.dumps(card, indent=2))
-        for name, data in (extra_files or {}).items():
-            (staging / name).write_bytes(data)
+        fill(staging)
         read_card(staging)
+        if check is not None:
+            check(staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

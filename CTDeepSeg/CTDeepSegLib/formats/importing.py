@@ -11,9 +11,7 @@ model is never replaced unless asked.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +61,28 @@ def labels_from_text(text: str) -> list[dict]:
     return labels
 
 
+def read_card_file(path: Path | str) -> dict:
+    """A card file (``model.json``-style) stating an ONNX model's preprocessing and labels."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CTDeepSegError(f"{path}: cannot read the card ({error}).") from None
+
+
+def _onnx_card(source: Path, name: str | None, card: dict) -> dict:
+    """The card of an ONNX import before its weights are added; refused when the preprocessing is not stated."""
+    data = {**_ONNX_DEFAULTS, **card, "name": name or card.get("name") or source.stem, "network": {"class": ONNX_CLASS}}
+    missing = [
+        key for key in ("modality", "labels", "spacing", "orientation", "normalisation", "roi_size") if key not in data
+    ]
+    if missing:
+        raise CTDeepSegError(
+            f"{source}: an ONNX file does not say how to prepare its input; give {', '.join(missing)} "
+            "(--card FILE, or --modality, --labels, --spacing, --orientation, --normalisation, --roi-size)."
+        )
+    return data
+
+
 def import_model(
     source: Path | str,
     name: str | None = None,
@@ -72,9 +92,10 @@ def import_model(
 ) -> Any:
     """Import an ONNX file (with ``card``: the fields that describe its preprocessing) or an nnU-Net v2 results
     folder into ``destination`` (default: the user's model folder); returns the new model's card."""
-    from ..model_store import read_card
+    from ..model_store import sha256_file, write_model_folder
 
     source = Path(source)
+    onnx = source.suffix.lower() == ".onnx" and source.is_file()
     if source.is_dir():
         from .nnunet import is_nnunet_results, nnunet_card_data
 
@@ -83,13 +104,9 @@ def import_model(
                 f"{source}: not an nnU-Net v2 results folder (dataset.json, plans.json and fold_N/"
                 "checkpoint_final.pth); an ONNX model is imported from its .onnx file."
             )
-        data, files = nnunet_card_data(source, name, card or {}), {}
-    elif source.suffix.lower() == ".onnx" and source.is_file():
-        data = {**_ONNX_DEFAULTS, "name": name or source.stem, **(card or {})}
-        if name:
-            data["name"] = name
-        data["network"] = {"class": ONNX_CLASS}
-        files = {"model.onnx": source}
+        data = nnunet_card_data(source, name, card or {})
+    elif onnx:
+        data = _onnx_card(source, name, card or {})
     elif not source.exists():
         raise CTDeepSegError(f"{source}: no such file or folder.")
     else:
@@ -97,32 +114,15 @@ def import_model(
     folder = Path(destination or user_models_folder()) / data["name"]
     if folder.exists() and not overwrite:
         raise CTDeepSegError(f"{folder}: a model of that name exists; choose another --name or pass --overwrite.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        for target, path in files.items():
-            shutil.copyfile(path, staging / target)
-        if files:
-            from ..model_store import sha256_file
 
+    def fill(staging: Path) -> None:
+        if onnx:
+            shutil.copyfile(source, staging / "model.onnx")
             data["weights"] = {"file": "model.onnx", "format": "onnx", "sha256": sha256_file(staging / "model.onnx")}
-            missing = [
-                key
-                for key in ("modality", "labels", "spacing", "orientation", "normalisation", "roi_size")
-                if key not in data
-            ]
-            if missing:
-                raise CTDeepSegError(
-                    f"{source}: an ONNX file does not say how to prepare its input; give {', '.join(missing)} "
-                    "(--card FILE, or --modality, --labels, --spacing, --orientation, --normalisation, --roi-size)."
-                )
         (staging / "model.json").write_text(json.dumps(data, indent=2))
-        read_card(staging)
-        if files:
-            load_onnx(staging / "model.onnx")  # a graph onnxruntime cannot run is refused now, not at first use
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return read_card(folder)
+
+    def runnable(staging: Path) -> None:  # a graph onnxruntime cannot run is refused now, not at first use
+        if onnx:
+            load_onnx(staging / "model.onnx")
+
+    return write_model_folder(folder, fill, runnable)

@@ -435,7 +435,7 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
 
 def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, progress: Progress, fast: bool) -> Any:
     """Labels (k, j, i) on ``volume``'s grid and per-label confidence, as nnU-Net's predictor computes them."""
-    from ..inference import _Confidence
+    from ..inference import mask_box
 
     where = str(card["network"]["results"])
     transpose = list(model.plans.get("transpose_forward", [0, 1, 2]))
@@ -443,7 +443,7 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
     spacing = np.asarray(volume.spacing[::-1], dtype=float)[transpose]  # (k, j, i) then nnU-Net's order
     target = np.asarray(model.configuration["spacing"], dtype=float)
     mask = ndimage.binary_fill_holes(image != 0)
-    box = _box(mask)
+    box = mask_box(mask, 0)
     cropped, mask = image[box], mask[box]
     progress.update(0.0, "Preparing (nnU-Net)")
     normalised = _normalise(cropped.copy(), mask, model)
@@ -456,17 +456,7 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
     labels, confidence = _labels_back(logits, cropped.shape, target, spacing, kwargs, model, back)
     full = np.zeros(image.shape, dtype=np.uint8)
     full[box] = labels
-    inverse = np.argsort(transpose)
-    record = _Confidence()
-    record.sums[: len(confidence[0])] += confidence[0]
-    record.counts[: len(confidence[1])] += confidence[1]
-    return full.transpose(inverse), record.by_name(card)
-
-
-def _box(mask: np.ndarray) -> tuple[slice, ...]:
-    from ..metrics import bounding_box
-
-    return bounding_box(mask) or tuple(slice(0, n) for n in mask.shape)
+    return full.transpose(np.argsort(transpose)), confidence.by_name(card)
 
 
 def _labels_back(
@@ -477,26 +467,25 @@ def _labels_back(
     kwargs: dict,
     model: NnunetModel,
     progress: Progress,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+) -> tuple[np.ndarray, Any]:
     """Logits resampled to the cropped input grid one channel at a time, then nnU-Net's labels: argmax, or for
-    regions each sigmoid above 0.5 written in ``regions_class_order``. Also the per-label sums of the chosen
-    probability and voxel counts (for confidence)."""
+    regions each sigmoid above 0.5 written in ``regions_class_order``; and the per-label confidence."""
+    import torch
+
+    from ..inference import _chosen_probability, _Confidence
+
     channels = logits.shape[0]
     resampled = []
     for channel in range(channels):
         progress.update(channel / channels, "Resampling to the input grid")
         resampled.append(resample(logits[channel].numpy(), shape, current, new, kwargs).astype(np.float32))
-    stack = np.stack(resampled)
+    stack = torch.from_numpy(np.stack(resampled))
     if model.regions:
-        probabilities = 1 / (1 + np.exp(-stack))
-        labels = np.zeros(shape, dtype=np.uint8)
+        labels = torch.zeros(shape, dtype=torch.uint8)
         for index, value in enumerate(model.regions):
-            labels[probabilities[index] > 0.5] = value
-        chosen = probabilities.max(0)
+            labels[torch.sigmoid(stack[index]) > 0.5] = value
     else:
-        labels = stack.argmax(0).astype(np.uint8)
-        top = stack.max(0)
-        chosen = 1.0 / np.exp(stack - top).sum(0)
-    sums = np.bincount(labels.ravel(), weights=chosen.ravel().astype(np.float64), minlength=256)
-    counts = np.bincount(labels.ravel(), minlength=256).astype(float)
-    return labels, (sums, counts)
+        labels = stack.argmax(0).to(torch.uint8)
+    confidence = _Confidence()
+    confidence.add(labels, _chosen_probability(stack, "sigmoid" if model.regions else "softmax", logits=True))
+    return labels.numpy(), confidence
