@@ -135,3 +135,13 @@ def test_the_logic_registers_a_results_folder_and_segments_a_volume_node(scene, 
     assert names and names <= {"lung", "liver", "lesion"}
     expected = _nnunet(folder, logic.volumeFromNode(volumeNode).array, logic.volumeFromNode(volumeNode).spacing)
     assert np.mean(labels.array == expected) >= 0.99
+
+
+def test_probabilities_are_refused_with_a_message_for_nnunet_models(tmp_path):
+    """nnU-Net models return labels only (for now): asking for probabilities says so instead of failing later."""
+    folder = results_folder(tmp_path / "results", folds=(0,))
+    card = import_model(folder, "no-probabilities", destination=tmp_path / "models")
+    loaded, model = open_model(card.folder)
+    phantom = make_phantom(shape=(24, 32, 32), seed=1)
+    with pytest.raises(CTDeepSegError, match="nnU-Net models give labels only; leave out --probabilities"):
+        segment_volume(phantom.image, loaded, model, device="cpu", keep_probabilities=True)

@@ -700,6 +700,9 @@ def segment_volume(
     if card["network"].get("class") == "nnUNet":  # nnU-Net's own preprocessing, windows and export
         from .formats.nnunet import segment_nnunet
 
+        if keep_probabilities:
+            raise CTDeepSegError(f"{card.name}: nnU-Net models give labels only; leave out --probabilities.")
+
         labels, confidence = run_with_fallback(
             lambda where, size: segment_nnunet(volume, card, network, where, progress, fast), device, 1, notes
         )
