@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from ..errors import CTDeepSegError
 from ..jobs import Progress
@@ -300,6 +299,8 @@ def _resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray
     """What ``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)`` computes (a
     spline zoom on the voxel grid, clipped to the input's range), with scipy, which Slicer ships."""
     factors = np.divide(image.shape, shape)
+    from scipy import ndimage
+
     out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
     if order > 1:
         np.clip(out, image.min(), image.max(), out=out)
@@ -387,6 +388,8 @@ def _gaussian(tile: tuple[int, ...]) -> np.ndarray:
     """nnU-Net's window weight: a Gaussian with sigma an eighth of the tile, zeros replaced by the smallest value."""
     impulse = np.zeros(tile)
     impulse[tuple(size // 2 for size in tile)] = 1
+    from scipy import ndimage
+
     weight = ndimage.gaussian_filter(impulse, [size / 8 for size in tile], 0, mode="constant", cval=0)
     weight /= weight.max() / 10
     weight[weight == 0] = weight[weight > 0].min()
@@ -442,6 +445,8 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
     image = volume.array.astype(np.float32).transpose(transpose)
     spacing = np.asarray(volume.spacing[::-1], dtype=float)[transpose]  # (k, j, i) then nnU-Net's order
     target = np.asarray(model.configuration["spacing"], dtype=float)
+    from scipy import ndimage
+
     mask = ndimage.binary_fill_holes(image != 0)
     box = mask_box(mask, 0)
     cropped, mask = image[box], mask[box]
