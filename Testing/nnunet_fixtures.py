@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 LABELS = {"background": 0, "lung": 1, "liver": 2, "lesion": 3}
+# nnU-Net's region labels (nested structures, one sigmoid each), written in regions_class_order
+REGIONS = {"background": 0, "body": [1, 2, 3], "organ": [2, 3], "lesion": 3}
 ARCHITECTURE = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "arch_kwargs": {
@@ -84,9 +86,11 @@ def results_folder(
     scheme="CTNormalization",
     folds=(0, 1),
     features=(8, 16, 32),
+    regions: bool = False,
 ) -> Path:
     """An nnU-Net v2 results folder laid out as nnU-Net writes it: random weights, a PlainConvUNet with
-    ``features`` per stage (small by default), one checkpoint per fold."""
+    ``features`` per stage (small by default), one checkpoint per fold; with ``regions``, region labels (one
+    sigmoid head per region)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     architecture = json.loads(json.dumps(ARCHITECTURE))
@@ -103,6 +107,9 @@ def results_folder(
     folder = root / "Dataset001_Phantom" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
     dataset = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz"}
+    if regions:
+        dataset.update(labels=REGIONS, regions_class_order=[1, 2, 3])
+    heads = 3 if regions else len(LABELS)
     plans = _plans(list(spacing_zyx), list(patch_zyx), scheme)
     plans["configurations"]["3d_fullres"]["architecture"] = architecture
     (folder / "dataset.json").write_text(json.dumps(dataset))
@@ -110,7 +117,7 @@ def results_folder(
     for fold in folds:
         torch.manual_seed(fold)
         kwargs = {**architecture["arch_kwargs"], **_LAYERS}
-        network = PlainConvUNet(input_channels=1, num_classes=len(LABELS), deep_supervision=False, **kwargs)
+        network = PlainConvUNet(input_channels=1, num_classes=heads, deep_supervision=False, **kwargs)
         with torch.no_grad():  # wider logit margins than random initialisation gives: labels that mean something
             network.decoder.seg_layers[-1].weight.mul_(20)
         checkpoint = {

@@ -40,17 +40,23 @@ def _nnunet(folder: Path, image_kji: np.ndarray, spacing_ijk) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("spacing", "scheme"),
-    [((1.4, 1.4, 2.6), "CTNormalization"), ((1.0, 1.0, 6.0), "ZScoreNormalization")],
-    ids=["isotropic-enough", "anisotropic-separate-z"],
+    ("spacing", "scheme", "regions"),
+    [
+        ((1.4, 1.4, 2.6), "CTNormalization", False),
+        ((1.0, 1.0, 6.0), "ZScoreNormalization", False),
+        ((1.4, 1.4, 2.6), "CTNormalization", True),
+    ],
+    ids=["isotropic-enough", "anisotropic-separate-z", "region-labels"],
 )
-def test_results_folder_agrees_with_nnunet_predictor(tmp_path, monkeypatch, spacing, scheme):
+def test_results_folder_agrees_with_nnunet_predictor(tmp_path, monkeypatch, spacing, scheme, regions):
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    folder = results_folder(tmp_path / "results", scheme=scheme)
+    folder = results_folder(tmp_path / "results", scheme=scheme, regions=regions)
     card = import_model(folder, "phantom-nnunet", destination=tmp_path / "models")
     assert card["network"]["class"] == "nnUNet" and set(card["weights"]["folds"]) == {"0", "1"}
-    assert [label.name for label in card.labels] == ["lung", "liver", "lesion"]
-    assert card.labels[1].snomed["type"][1] == "10200004"
+    names = ["body", "organ", "lesion"] if regions else ["lung", "liver", "lesion"]
+    assert [label.name for label in card.labels] == names
+    if not regions:
+        assert card.labels[1].snomed["type"][1] == "10200004"
     phantom = make_phantom(shape=(36, 60, 60), spacing=spacing, seed=4)
     loaded, model = open_model(card.folder)
     ours = segment_volume(phantom.image, loaded, model, device="cpu").labels.array

@@ -323,10 +323,18 @@ def _along_axis(array: np.ndarray, size: int, axis: int, order: int) -> np.ndarr
     raise CTDeepSegError(f"Resampling with order {order} along the anisotropic axis is not supported.")
 
 
-def resample(channel: np.ndarray, shape: tuple[int, ...], current: np.ndarray, new: np.ndarray, kwargs: dict) -> Any:
-    """One channel resampled as nnU-Net's ``resample_data_or_seg_to_shape`` (non-segmentation) does, in float64."""
+def resample(
+    channel: np.ndarray,
+    shape: tuple[int, ...],
+    current: np.ndarray,
+    new: np.ndarray,
+    kwargs: dict,
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """One channel resampled as nnU-Net's ``resample_data_or_seg_to_shape`` (non-segmentation) does: computed in
+    float64 (scipy's splines always are), stored as ``dtype``."""
     if tuple(channel.shape) == tuple(shape):
-        return channel
+        return channel.astype(dtype, copy=False)
     order, order_z = int(kwargs.get("order", 3)), int(kwargs.get("order_z", 0))
     axis = _separate_axis(np.asarray(current, float), np.asarray(new, float), kwargs.get("force_separate_z", False))
     channel = channel.astype(float, copy=False)
@@ -473,24 +481,31 @@ def _labels_back(
     model: NnunetModel,
     progress: Progress,
 ) -> tuple[np.ndarray, Any]:
-    """Logits resampled to the cropped input grid one channel at a time, then nnU-Net's labels: argmax, or for
-    regions each sigmoid above 0.5 written in ``regions_class_order``; and the per-label confidence."""
+    """nnU-Net's labels on the cropped input grid and the per-label confidence, one resampled channel at a time:
+    argmax (the first class wins a tie, as ``torch.argmax``) with the softmax of the winner from a running
+    log-sum-exp, or for regions each sigmoid above 0.5 written in ``regions_class_order``. A few full-size
+    arrays whatever the number of classes (TotalSegmentator's have 25 to 118), where stacking them all held
+    every class twice."""
     import torch
 
-    from ..inference import _chosen_probability, _Confidence
+    from ..inference import _Confidence
 
     channels = logits.shape[0]
-    resampled = []
+    labels = torch.zeros(shape, dtype=torch.uint8)
+    best = total = None
     for channel in range(channels):
         progress.update(channel / channels, "Resampling to the input grid")
-        resampled.append(resample(logits[channel].numpy(), shape, current, new, kwargs).astype(np.float32))
-    stack = torch.from_numpy(np.stack(resampled))
-    if model.regions:
-        labels = torch.zeros(shape, dtype=torch.uint8)
-        for index, value in enumerate(model.regions):
-            labels[torch.sigmoid(stack[index]) > 0.5] = value
-    else:
-        labels = stack.argmax(0).to(torch.uint8)
+        values = torch.from_numpy(resample(logits[channel].numpy(), shape, current, new, kwargs, np.float32))
+        if model.regions:
+            labels[torch.sigmoid(values) > 0.5] = model.regions[channel]
+            best = values if best is None else torch.maximum(best, values, out=best)
+        elif best is None:
+            best, total = values, torch.ones_like(values)
+        else:
+            labels[values > best] = channel
+            higher = torch.maximum(best, values)
+            total.mul_(best.sub_(higher).exp_()).add_(values.sub_(higher).exp_())
+            best = higher
     confidence = _Confidence()
-    confidence.add(labels, _chosen_probability(stack, "sigmoid" if model.regions else "softmax", logits=True))
+    confidence.add(labels, torch.sigmoid(best) if model.regions else total.reciprocal_())
     return labels.numpy(), confidence
