@@ -87,10 +87,13 @@ def results_folder(
     folds=(0, 1),
     features=(8, 16, 32),
     regions: bool = False,
+    convs: int = 1,
+    classes: int | None = None,
 ) -> Path:
     """An nnU-Net v2 results folder laid out as nnU-Net writes it: random weights, a PlainConvUNet with
-    ``features`` per stage (small by default), one checkpoint per fold; with ``regions``, region labels (one
-    sigmoid head per region)."""
+    ``features`` per stage (small by default) and ``convs`` convolutions per stage, one checkpoint per fold; with
+    ``regions``, region labels (one sigmoid head per region); with ``classes``, that many labels (background
+    included) instead of the phantom's four."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     architecture = json.loads(json.dumps(ARCHITECTURE))
@@ -100,8 +103,8 @@ def results_folder(
         features_per_stage=list(features),
         kernel_sizes=[[3, 3, 3]] * stages,
         strides=[[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
-        n_conv_per_stage=[1] * stages,
-        n_conv_per_stage_decoder=[1] * (stages - 1),
+        n_conv_per_stage=[convs] * stages,
+        n_conv_per_stage_decoder=[convs] * (stages - 1),
     )
 
     folder = root / "Dataset001_Phantom" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -109,7 +112,9 @@ def results_folder(
     dataset = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz"}
     if regions:
         dataset.update(labels=REGIONS, regions_class_order=[1, 2, 3])
-    heads = 3 if regions else len(LABELS)
+    if classes:
+        dataset["labels"] = {"background": 0, **{f"structure {value}": value for value in range(1, classes)}}
+    heads = 3 if regions else len(dataset["labels"])
     plans = _plans(list(spacing_zyx), list(patch_zyx), scheme)
     plans["configurations"]["3d_fullres"]["architecture"] = architecture
     (folder / "dataset.json").write_text(json.dumps(dataset))

@@ -151,3 +151,76 @@ def test_probabilities_are_refused_with_a_message_for_nnunet_models(tmp_path):
     phantom = make_phantom(shape=(24, 32, 32), seed=1)
     with pytest.raises(CTDeepSegError, match="nnU-Net models give labels only; leave out --probabilities"):
         segment_volume(phantom.image, loaded, model, device="cpu", keep_probabilities=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "new_shape", "spacing", "new_spacing", "kwargs"),
+    [
+        ((30, 41, 37), (45, 20, 60), (2.0, 1.0, 1.5), (1.33, 2.05, 0.925), {"order": 3}),
+        ((12, 40, 40), (40, 31, 55), (5.0, 1.0, 1.0), (1.5, 1.29, 0.727), {"order": 3, "order_z": 0}),
+        ((40, 30, 30), (12, 45, 45), (1.0, 1.0, 1.0), (3.33, 0.67, 0.67), {"order": 3, "order_z": 1}),
+        ((20, 33, 41), (40, 66, 20), (2.0, 2.0, 2.0), (1.0, 1.0, 4.1), {"order": 1, "order_z": 0}),
+    ],
+    ids=["spline-3d", "anisotropic-input-nearest-z", "anisotropic-target-linear-z", "linear"],
+)
+def test_resampling_matches_nnunet(shape, new_shape, spacing, new_spacing, kwargs):
+    """The matrix-product resampling equals nnU-Net's own ``resample_data_or_seg_to_shape`` (skimage, float64)."""
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    from CTDeepSegLib.formats.nnunet_resampling import resample
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=shape).cumsum(0).cumsum(2).astype(np.float32)
+    reference = resample_data_or_seg_to_shape(
+        data[None], new_shape, spacing, new_spacing, False, force_separate_z=None, **kwargs
+    )[0]
+    ours = resample(data, new_shape, spacing, new_spacing, {"force_separate_z": None, **kwargs}).numpy()
+    assert ours.shape == tuple(new_shape)
+    assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
+def _unet(kind: str):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    layers = {
+        "norm_op": torch.nn.InstanceNorm3d,
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "nonlin": torch.nn.LeakyReLU,
+        "nonlin_kwargs": {"inplace": True},
+        "conv_bias": True,
+    }
+    torch.manual_seed(1)
+    if kind == "plain-two-convs":
+        network = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv3d, 3, [1, 2, 2], [2, 2, 2], 5, [2, 2], **layers)
+        return network, (40, 48, 48), 9  # 6 encoder convolutions, 2 in the last decoder stage, the output layer
+    if kind == "anisotropic":
+        kernels, strides = [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+        network = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv3d, kernels, strides, 1, 3, 1, **layers)
+        return network, (36, 32, 32), 5
+    if kind == "residual-encoder":  # its encoder runs its own forward; the last decoder stage in slabs
+        network = ResidualEncoderUNet(1, 3, (8, 16, 32), torch.nn.Conv3d, 3, [1, 2, 2], [1, 2, 2], 3, 1, **layers)
+        return network, (24, 32, 32), 2
+    layers.update(norm_op=torch.nn.BatchNorm3d, nonlin=torch.nn.ReLU, conv_bias=False)
+    network = PlainConvUNet(1, 2, (8, 16), torch.nn.Conv3d, 3, [1, 2], 1, 3, 1, **layers)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    return network, (20, 16, 16), 4
+
+
+@pytest.mark.parametrize("kind", ["plain-two-convs", "anisotropic", "residual-encoder", "batch-norm"])
+def test_slab_forward_equals_the_networks_own_forward(kind, monkeypatch):
+    """The memory-lean forward (convolutions in slabs, normalisation in place) computes the network's output."""
+    from CTDeepSegLib.formats import nnunet_forward
+
+    network, shape, expected_slabs = _unet(kind)
+    calls = []
+    original = nnunet_forward._conv_slabs
+    monkeypatch.setattr(nnunet_forward, "_conv_slabs", lambda *args: calls.append(1) or original(*args))
+    window = torch.randn((1, 1, *shape))
+    with torch.inference_mode():
+        reference = network.eval()(window)
+        lean = nnunet_forward.lean_forward(network, window)
+    assert len(calls) == expected_slabs, "the slab path must be the one tested"
+    assert torch.abs(lean - reference).max() <= 1e-5 * torch.abs(reference).max()

@@ -11,8 +11,9 @@ With ``--bundle NAME`` the model is a real Model Zoo config from ``Testing/data/
 is that config itself run by ``monai.bundle.ConfigParser`` (its loader, transforms, inferer, postprocessing).
 
 With ``--nnunet`` the model is an nnU-Net v2 results folder (a 3d_fullres PlainConvUNet of 5 stages, 32-320
-features, patch 80x160x160, random weights, mirroring on all axes, ``--folds`` folds) and the reference is
-nnU-Net's own ``nnUNetPredictor`` on the same file (CPU: it stitches in float16 and writes with SimpleITK).
+features, patch 80x160x160, 4 classes, random weights, mirroring on all axes, ``--folds`` folds; with
+``--totalsegmentator-shaped`` 25 classes, 6 stages of two convolutions, patch 128^3 at 1.5 mm) and the reference
+is nnU-Net's own ``nnUNetPredictor`` on the same file (CPU: it stitches in float16 and writes with SimpleITK).
 
     .venv/bin/python bench/segment.py [--device cpu] [--shape 512 512 240] [--model FOLDER | --bundle NAME | --nnunet]
 """
@@ -167,20 +168,21 @@ def run_nnunet(model: str, source: str, target: str, device: str) -> None:
     )
 
 
-def nnunet_model(scratch: Path, folds: int) -> str:
-    """A registered nnU-Net v2 results folder of a realistic size (random weights)."""
+def nnunet_model(scratch: Path, folds: int, totalsegmentator: bool) -> str:
+    """A registered nnU-Net v2 results folder of a realistic size (random weights): by default 4 classes and a
+    5-stage U-Net of one convolution per stage; or shaped like TotalSegmentator's 1.5 mm tasks (25 classes,
+    6 stages of two convolutions, patch 128 cubed)."""
     sys.path.insert(0, str(ROOT / "Testing"))
     from nnunet_fixtures import results_folder
 
     from CTDeepSegLib.formats.importing import import_model
 
-    folder = results_folder(
-        scratch / "results",
-        spacing_zyx=(2.5, 1.5, 1.5),
-        patch_zyx=(80, 160, 160),
-        folds=tuple(range(folds)),
-        features=(32, 64, 128, 256, 320),
-    )
+    if totalsegmentator:
+        shape = {"spacing_zyx": (1.5, 1.5, 1.5), "patch_zyx": (128, 128, 128), "convs": 2, "classes": 25}
+        shape["features"] = (32, 64, 128, 256, 320, 320)
+    else:
+        shape = {"spacing_zyx": (2.5, 1.5, 1.5), "patch_zyx": (80, 160, 160), "features": (32, 64, 128, 256, 320)}
+    folder = results_folder(scratch / "results", folds=tuple(range(folds)), **shape)
     return str(import_model(folder, "bench-nnunet", destination=scratch / "models").folder)
 
 
@@ -255,6 +257,11 @@ def main() -> None:
         "--nnunet", action="store_true", help="an nnU-Net v2 results folder against nnU-Net's predictor"
     )
     parser.add_argument("--folds", type=int, default=1, help="folds of the --nnunet results folder (default 1)")
+    parser.add_argument(
+        "--totalsegmentator-shaped",
+        action="store_true",
+        help="with --nnunet: 25 classes, 6 stages of two convolutions, patch 128^3 at 1.5 mm (TotalSegmentator's)",
+    )
     parser.add_argument("--fast", action="store_true", help="CTDeepSeg in bfloat16 on the CPU (segment --fast)")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -281,7 +288,7 @@ def main() -> None:
         if arguments.bundle:
             model, reference = str(bundle_folder(arguments.bundle, scratch)), "bundle"
         if arguments.nnunet:
-            model, reference = nnunet_model(scratch, arguments.folds), "nnunet"
+            model, reference = nnunet_model(scratch, arguments.folds, arguments.totalsegmentator_shaped), "nnunet"
         print(f"Input {arguments.shape} voxels at 0.75x0.75x1.25 mm; model {model}; device {arguments.device}")
         (scratch / "ours").mkdir()
         (scratch / "monai").mkdir()

@@ -9,11 +9,13 @@ any other pickled object is refused.
 The prediction is nnU-Net's (``nnUNetPredictor``): crop to the non-zero voxels (holes filled), normalise on the
 input grid (CT: clip to the dataset's 0.5 / 99.5 foreground percentiles, z-score with its mean and std; z-score
 per image otherwise, inside the non-zero mask when the plans say so), resample with spline order 3 in-plane and
-nearest along an anisotropic axis, a Gaussian sliding window with nnU-Net's steps, mirrored test-time
-augmentation on the axes the checkpoint allows, the folds' logits averaged, logits resampled back (linear, nearest
-along the anisotropic axis), argmax (or the regions' sigmoids in their order) and pasted into the crop. Two
-deliberate differences: the windows are stitched in float32 (nnU-Net uses float16 on every device), and the
-logits go back to the input grid one class at a time, kept in float32 (nnU-Net converts all classes to float64).
+nearest along an anisotropic axis (``nnunet_resampling``: the same operator as matrix products), a Gaussian
+sliding window with nnU-Net's steps (``nnunet_forward``: the network's own arithmetic in a third of the memory),
+mirrored test-time augmentation on the axes the checkpoint allows, the folds' logits averaged, logits resampled
+back (linear, nearest along the anisotropic axis), argmax (or the regions' sigmoids in their order) and pasted
+into the crop. Two deliberate differences: the windows are stitched in float32 (nnU-Net uses float16 on every
+device), and the logits go back to the input grid one class at a time in float32, reduced to labels as they come
+(nnU-Net converts all classes to float64 at once).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 
 from ..errors import CTDeepSegError
 from ..jobs import Progress
+from .nnunet_forward import lean_forward
+from .nnunet_resampling import resample, resampling_kwargs
 
 NNUNET_CLASS = "nnUNet"
-_ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 _NETWORKS = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet",
     "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet",
@@ -48,7 +51,6 @@ _LAYERS = {
     "torch.nn.modules.dropout.Dropout3d": ("torch.nn", "Dropout3d"),
     "torch.nn.Dropout3d": ("torch.nn", "Dropout3d"),
 }
-_RESAMPLING = "resample_data_or_seg_to_shape"
 
 
 def is_nnunet_results(folder: Path) -> bool:
@@ -278,84 +280,6 @@ def verify_folds(card: Any) -> None:
 # ---------------------------------------------------------------- nnU-Net's resampling, with scipy only
 
 
-def _separate_axis(current: np.ndarray, new: np.ndarray, force: bool | None) -> int | None:
-    """The anisotropic axis nnU-Net resamples apart (nearest along it), or None."""
-
-    def lowres(spacing: np.ndarray) -> np.ndarray:
-        return np.where(max(spacing) / np.asarray(spacing) == 1)[0]
-
-    if force is not None:
-        axes = lowres(current) if force else None
-    elif max(current) / min(current) > _ANISOTROPY:
-        axes = lowres(current)
-    elif max(new) / min(new) > _ANISOTROPY:
-        axes = lowres(new)
-    else:
-        axes = None
-    return int(axes[0]) if axes is not None and len(axes) == 1 else None
-
-
-def _resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
-    """What ``skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False)`` computes (a
-    spline zoom on the voxel grid, clipped to the input's range), with scipy, which Slicer ships."""
-    factors = np.divide(image.shape, shape)
-    from scipy import ndimage
-
-    out = ndimage.zoom(image, [1 / f for f in factors], order=order, mode="nearest", grid_mode=True)
-    if order > 1:
-        np.clip(out, image.min(), image.max(), out=out)
-    return out
-
-
-def _along_axis(array: np.ndarray, size: int, axis: int, order: int) -> np.ndarray:
-    """``array`` resampled to ``size`` along ``axis`` at nnU-Net's positions (voxel centres scaled), edges held."""
-    positions = (np.arange(size) + 0.5) * (array.shape[axis] / size) - 0.5
-    positions = np.clip(positions, 0, array.shape[axis] - 1)
-    if order == 0:
-        return np.take(array, np.floor(positions + 0.5).astype(np.intp), axis=axis)
-    if order == 1:
-        below = np.floor(positions).astype(np.intp)
-        above = np.minimum(below + 1, array.shape[axis] - 1)
-        shape = [1] * array.ndim
-        shape[axis] = -1
-        weight = (positions - below).reshape(shape)
-        return np.take(array, below, axis=axis) * (1 - weight) + np.take(array, above, axis=axis) * weight
-    raise CTDeepSegError(f"Resampling with order {order} along the anisotropic axis is not supported.")
-
-
-def resample(
-    channel: np.ndarray,
-    shape: tuple[int, ...],
-    current: np.ndarray,
-    new: np.ndarray,
-    kwargs: dict,
-    dtype: type = np.float32,
-) -> np.ndarray:
-    """One channel resampled as nnU-Net's ``resample_data_or_seg_to_shape`` (non-segmentation) does: computed in
-    float64 (scipy's splines always are), stored as ``dtype``."""
-    if tuple(channel.shape) == tuple(shape):
-        return channel.astype(dtype, copy=False)
-    order, order_z = int(kwargs.get("order", 3)), int(kwargs.get("order_z", 0))
-    axis = _separate_axis(np.asarray(current, float), np.asarray(new, float), kwargs.get("force_separate_z", False))
-    channel = channel.astype(float, copy=False)
-    if axis is None:
-        return _resize(channel, tuple(shape), order)
-    plane = [n for a, n in enumerate(shape) if a != axis]
-    slices = [_resize(np.take(channel, index, axis=axis), tuple(plane), order) for index in range(channel.shape[axis])]
-    stacked = np.stack(slices, axis=axis)
-    return stacked if stacked.shape[axis] == shape[axis] else _along_axis(stacked, shape[axis], axis, order_z)
-
-
-def _resampling_kwargs(configuration: dict, key: str, where: str) -> dict:
-    name = configuration.get(f"resampling_fn_{key}", _RESAMPLING)
-    if name != _RESAMPLING:
-        raise CTDeepSegError(f"{where}: resampling function {name!r} is not supported yet (only {_RESAMPLING}).")
-    kwargs = dict(configuration.get(f"resampling_fn_{key}_kwargs", {}))
-    if kwargs.get("is_seg"):
-        raise CTDeepSegError(f"{where}: resampling the {key} as a segmentation is not supported.")
-    return kwargs
-
-
 # ---------------------------------------------------------------- prediction
 
 
@@ -429,9 +353,9 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
                 progress.update(done / work, f"Segmenting ({device})")
                 place = tuple(slice(s, s + t) for s, t in zip(start, tile))
                 window = tensor[(slice(None), slice(None), *place)].to(device)
-                prediction = network(window).float()
+                prediction = lean_forward(network, window).float()
                 for flip in flips:
-                    prediction += torch.flip(network(torch.flip(window, flip)).float(), flip)
+                    prediction += torch.flip(lean_forward(network, torch.flip(window, flip)).float(), flip)
                 prediction = (prediction / (len(flips) + 1))[0].cpu()
                 if total is None:
                     total = torch.zeros((prediction.shape[0], *data.shape))
@@ -457,17 +381,18 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
 
     mask = ndimage.binary_fill_holes(image != 0)
     box = mask_box(mask, 0)
-    cropped, mask = image[box], mask[box]
     progress.update(0.0, "Preparing (nnU-Net)")
-    normalised = _normalise(cropped.copy(), mask, model)
-    shape = tuple(int(round(c / t * n)) for c, t, n in zip(spacing, target, cropped.shape))
-    data_kwargs = _resampling_kwargs(model.configuration, "data", where)
-    resampled = resample(normalised, shape, spacing, target, data_kwargs).astype(np.float32)
+    normalised = _normalise(image[box], mask[box], model)  # in place: ``image`` is this function's own copy
+    cropped, grid = normalised.shape, image.shape
+    shape = tuple(int(round(c / t * n)) for c, t, n in zip(spacing, target, cropped))
+    data_kwargs = resampling_kwargs(model.configuration, "data", where)
+    resampled = resample(normalised, shape, spacing, target, data_kwargs).numpy()
+    del image, mask, normalised  # the full-size copies are not needed while the network runs
     logits = _logits(model, resampled, device, progress.step(0.02, 0.9), fast)
     back = progress.step(0.9, 1.0)
-    kwargs = _resampling_kwargs(model.configuration, "probabilities", where)
-    labels, confidence = _labels_back(logits, cropped.shape, target, spacing, kwargs, model, back)
-    full = np.zeros(image.shape, dtype=np.uint8)
+    kwargs = resampling_kwargs(model.configuration, "probabilities", where)
+    labels, confidence = _labels_back(logits, cropped, target, spacing, kwargs, model, back)
+    full = np.zeros(grid, dtype=np.uint8)
     full[box] = labels
     return full.transpose(np.argsort(transpose)), confidence.by_name(card)
 
@@ -493,19 +418,23 @@ def _labels_back(
     channels = logits.shape[0]
     labels = torch.zeros(shape, dtype=torch.uint8)
     best = total = None
-    for channel in range(channels):
-        progress.update(channel / channels, "Resampling to the input grid")
-        values = torch.from_numpy(resample(logits[channel].numpy(), shape, current, new, kwargs, np.float32))
-        if model.regions:
-            labels[torch.sigmoid(values) > 0.5] = model.regions[channel]
-            best = values if best is None else torch.maximum(best, values, out=best)
-        elif best is None:
-            best, total = values, torch.ones_like(values)
-        else:
-            labels[values > best] = channel
-            higher = torch.maximum(best, values)
-            total.mul_(best.sub_(higher).exp_()).add_(values.sub_(higher).exp_())
-            best = higher
-    confidence = _Confidence()
-    confidence.add(labels, torch.sigmoid(best) if model.regions else total.reciprocal_())
+    with torch.inference_mode():  # the logits are inference tensors, and their storage may be updated in place
+        for channel in range(channels):
+            progress.update(channel / channels, "Resampling to the input grid")
+            values = resample(logits[channel], shape, current, new, kwargs)
+            if model.regions:
+                labels[torch.sigmoid(values) > 0.5] = model.regions[channel]
+                best = values if best is None else torch.maximum(best, values, out=best)
+            elif best is None:
+                best, total = values, torch.ones_like(values)
+            else:
+                for rows in range(0, shape[0], 8):  # slabs: the temporaries stay small
+                    part = slice(rows, rows + 8)
+                    mine, top, sums = values[part], best[part], total[part]
+                    labels[part][mine > top] = channel
+                    higher = torch.maximum(top, mine)
+                    sums.mul_(top.sub_(higher).exp_()).add_(mine.sub_(higher).exp_())
+                    top.copy_(higher)
+        confidence = _Confidence()
+        confidence.add(labels, torch.sigmoid(best) if model.regions else total.reciprocal_())
     return labels.numpy(), confidence
