@@ -388,24 +388,25 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "An input was removed from the scene while the work ran; the result was discarded."
         return False
 
-    def _ensureDependencies(self, includeOptional: bool = False) -> list[str] | None:
+    def _ensureDependencies(self, includeOptional: bool = False, formats: Sequence[str] = ()) -> list[str] | None:
         """What was installed after asking (the dialog's details list each package); None after saying why not."""
 
         def confirm(message: str) -> bool:
-            details = self.logic.dependencyDetails(includeOptional)
+            details = self.logic.dependencyDetails(includeOptional, formats)
             return slicer.util.confirmOkCancelDisplay(
                 message, "CTDeepSeg: install Python packages", detailedText=details
             )
 
         try:
-            return self.logic.ensureDependencies(confirm=confirm, includeOptional=includeOptional)
+            return self.logic.ensureDependencies(confirm=confirm, includeOptional=includeOptional, formats=formats)
         except CTDeepSegError as error:
             slicer.util.errorDisplay(str(error))
             return None
 
-    def _inferenceInput(self, volumeNode):
-        """The engine volume of ``volumeNode`` once PyTorch and MONAI are there; None after saying what is wrong."""
-        if self._ensureDependencies() is None:
+    def _inferenceInput(self, volumeNode, formats: Sequence[str] = ()):
+        """The engine volume of ``volumeNode`` once PyTorch and MONAI (and what models of ``formats`` need) are
+        there; None after saying what is wrong."""
+        if self._ensureDependencies(formats=formats) is None:
             return None
         try:
             return self.logic.volumeFromNode(volumeNode)
@@ -537,6 +538,11 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             slicer.util.errorDisplay("Wait for the running task to finish (or cancel it) before adding a model.")
             return
+        from CTDeepSegLib.formats.nnunet import NNUNET_CLASS
+        from CTDeepSegLib.formats.onnx_model import ONNX_CLASS
+
+        if self._ensureDependencies(formats=[ONNX_CLASS if cardFile else NNUNET_CLASS]) is None:
+            return
 
         def imported(folder) -> None:
             self.refreshModels()
@@ -568,7 +574,7 @@ class CTDeepSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volumeNode is None or card is None:
             slicer.util.errorDisplay("Choose an input volume and a model first.")
             return
-        volume = self._inferenceInput(volumeNode)
+        volume = self._inferenceInput(volumeNode, formats=[card.get("network", {}).get("class", "")])
         if volume is None:
             return
 
@@ -958,15 +964,16 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ Python dependencies
     @staticmethod
-    def missingDependencies(includeOptional: bool = False) -> list[Requirement]:
-        """Packages that are missing or at a version CTDeepSeg does not work with."""
-        return unmet_requirements(includeOptional)
+    def missingDependencies(includeOptional: bool = False, formats: Sequence[str] = ()) -> list[Requirement]:
+        """Packages that are missing or at a version CTDeepSeg does not work with; with ``formats`` (the network
+        classes of model cards: "ONNX", "nnUNet"), also what running models of those formats needs."""
+        return unmet_requirements(includeOptional, formats)
 
     @staticmethod
-    def dependencyDetails(includeOptional: bool = True) -> str:
+    def dependencyDetails(includeOptional: bool = True, formats: Sequence[str] = ()) -> str:
         """One line per package: its state, what it is for, and how it would be installed."""
         lines = []
-        for requirement in unmet_requirements(includeOptional):
+        for requirement in unmet_requirements(includeOptional, formats):
             how = "with pip" if requirement.installed_by == "pip" else f"by the {requirement.installed_by}"
             optional = " (optional)" if requirement.optional else ""
             lines.append(
@@ -977,16 +984,21 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         return "\n".join(lines)
 
     def ensureDependencies(
-        self, confirm: Callable[[str], bool] | None = None, includeOptional: bool = False
+        self,
+        confirm: Callable[[str], bool] | None = None,
+        includeOptional: bool = False,
+        formats: Sequence[str] = (),
     ) -> list[str]:
-        """Install missing Python packages after ``confirm(message)`` agrees; returns what was installed.
+        """Install missing Python packages after ``confirm(message)`` agrees; returns what was installed. With
+        ``formats`` (network classes of model cards), also what models of those formats need (onnxruntime for
+        "ONNX", dynamic-network-architectures for "nnUNet"), asked for when such a model is first used.
 
         torch comes from Slicer's PyTorch extension (which picks the build matching the GPU driver), the rest from
         pip with a constraints file that pins what Slicer and the PyTorch extension installed; numpy, scipy and
         SimpleITK are Slicer's own and never installed. Without consent nothing is installed and a
         ``CTDeepSegError`` says what is missing and how to install it later; so does a failed installation.
         """
-        unmet = self.missingDependencies(includeOptional)
+        unmet = self.missingDependencies(includeOptional, formats)
         if not unmet:
             return []
         slicers = [r for r in unmet if r.installed_by == "Slicer"]
@@ -1027,7 +1039,7 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
                 "setting when a proxy is needed), then press 'Check dependencies' again; pip's output is in the "
                 "Python console."
             ) from None
-        still = self.missingDependencies(includeOptional)
+        still = self.missingDependencies(includeOptional, formats)
         if still:
             raise CTDeepSegError(
                 f"Installing {', '.join(f'{r.distribution} ({problem(r)})' for r in still)} did not succeed; "
@@ -1048,7 +1060,8 @@ class CTDeepSegLogic(ScriptedLoadableModuleLogic):
         try:
             with os.fdopen(handle, "w") as stream:
                 stream.write(constraints())
-            slicer.util.pip_install(pip_arguments(requirements, path))
+            for arguments in pip_arguments(requirements, path):
+                slicer.util.pip_install(arguments)
         finally:
             os.remove(path)
 

@@ -8,7 +8,14 @@ import subprocess
 import pytest
 
 from CTDeepSegLib import dependencies
-from CTDeepSegLib.dependencies import REQUIREMENTS, constraints, pip_arguments, problem, unmet_requirements
+from CTDeepSegLib.dependencies import (
+    FORMAT_REQUIREMENTS,
+    REQUIREMENTS,
+    constraints,
+    pip_arguments,
+    problem,
+    unmet_requirements,
+)
 from CTDeepSegLib.errors import CTDeepSegError
 
 BY_NAME = {requirement.distribution: requirement for requirement in REQUIREMENTS}
@@ -49,12 +56,30 @@ def test_pip_is_constrained_to_the_installed_torch_numpy_and_simpleitk(monkeypat
     assert "torch==2.7.1+cu118" in pins and "numpy==2.0.2" in pins
     assert any(pin.startswith("SimpleITK==") for pin in pins) and not any(pin.startswith("pillow") for pin in pins)
     arguments = pip_arguments([BY_NAME["monai"], BY_NAME["torch"], BY_NAME["pykdtree"]], "c.txt")
-    assert arguments == ["--constraint", "c.txt", "monai>=1.5.1,<1.7", "pykdtree>=1.3"]
+    assert arguments == [["--constraint", "c.txt", "monai>=1.5.1,<1.7", "pykdtree>=1.3"]]
+
+
+def test_models_of_other_formats_add_what_they_need_and_only_then(monkeypatch):
+    from CTDeepSegLib.formats.nnunet import NNUNET_CLASS
+    from CTDeepSegLib.formats.onnx_model import ONNX_CLASS
+
+    assert set(FORMAT_REQUIREMENTS) == {ONNX_CLASS, NNUNET_CLASS}
+    _installed(monkeypatch, onnxruntime=None, **{"dynamic-network-architectures": None})
+    assert unmet_requirements(include_optional=True) == [], "a MONAI model never asks for them"
+    unmet = unmet_requirements(formats=[NNUNET_CLASS, ONNX_CLASS, "SegResNet"])
+    assert [r.distribution for r in unmet] == ["dynamic-network-architectures", "onnxruntime"]
+    # nnU-Net's network package comes without timm (only its transformers use it; timm pulls a torchvision)
+    assert pip_arguments(unmet, "c.txt") == [
+        ["--constraint", "c.txt", "onnxruntime>=1.17"],
+        ["--no-deps", "--constraint", "c.txt", "dynamic-network-architectures>=0.3"],
+    ]
 
 
 def _logic_with(ctdeepseg_module, monkeypatch, unmet):
     state = {"unmet": list(unmet)}
-    monkeypatch.setattr(ctdeepseg_module, "unmet_requirements", lambda include_optional=False: state["unmet"])
+    monkeypatch.setattr(
+        ctdeepseg_module, "unmet_requirements", lambda include_optional=False, formats=(): state["unmet"]
+    )
     monkeypatch.setattr(
         ctdeepseg_module, "problem", lambda r: "not installed" if r in state["unmet"] else None, raising=True
     )
@@ -101,6 +126,28 @@ def test_accepted_install_runs_pip_with_the_constraints_file(ctdeepseg_module, m
     ((arguments, pinned),) = calls
     assert arguments[0] == "--constraint" and arguments[2:] == ["monai>=1.5.1,<1.7", "safetensors>=0.4"]
     assert pinned == constraints()
+
+
+def test_a_model_format_package_is_installed_with_consent_in_its_own_pip_call(ctdeepseg_module, monkeypatch):
+    import slicer
+
+    nnunet = FORMAT_REQUIREMENTS["nnUNet"]
+    logic, state = _logic_with(ctdeepseg_module, monkeypatch, [BY_NAME["safetensors"], nnunet])
+    calls, asked = [], []
+
+    def pip_install(arguments):
+        calls.append(arguments)
+        state["unmet"] = [r for r in state["unmet"] if r.pip_spec not in arguments]
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    installed = logic.ensureDependencies(confirm=lambda message: asked.append(message) or True, formats=["nnUNet"])
+    assert installed == ["safetensors", "dynamic-network-architectures"]
+    assert "safetensors, dynamic-network-architectures" in asked[0]
+    assert [call[2:] if call[0] == "--constraint" else call[3:] for call in calls] == [
+        ["safetensors>=0.4"],
+        ["dynamic-network-architectures>=0.3"],
+    ]
+    assert calls[1][0] == "--no-deps"
 
 
 @pytest.mark.parametrize(

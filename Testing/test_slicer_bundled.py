@@ -100,11 +100,11 @@ def test_installing_what_the_module_needs_changes_nothing_that_slicer_or_the_pyt
     code = (
         "import json; from CTDeepSegLib.dependencies import *;"
         f"open({str(constraints)!r}, 'w').write(constraints());"
-        f"print(json.dumps(pip_arguments(unmet_requirements(include_optional=True), {str(constraints)!r})))"
+        f"print(json.dumps(pip_arguments(unmet_requirements(True, FORMAT_REQUIREMENTS), {str(constraints)!r})))"
     )
     result = _run(code, env)
     assert result.returncode == 0, result.stderr
-    arguments = json.loads(result.stdout)
+    (arguments, *separate) = json.loads(result.stdout)
     assert arguments[2:] == [
         "monai>=1.5.1,<1.7",
         "safetensors>=0.4",
@@ -112,12 +112,16 @@ def test_installing_what_the_module_needs_changes_nothing_that_slicer_or_the_pyt
         "PyYAML>=6.0",
         "pykdtree>=1.3",
         "matplotlib>=3.7",
+        "onnxruntime>=1.17",
     ]
+    assert separate == [["--no-deps", "--constraint", str(constraints), "dynamic-network-architectures>=0.3"]]
     assert "torch==2.7.1+cu118" in constraints.read_text() and "numpy==2.0.2" in constraints.read_text()
 
     installs = _dry_run(arguments, env, tmp_path / "report.json")
+    installs.update(_dry_run(separate[0], env, tmp_path / "separate.json"))
     print(f"pip would install: {installs}")
     assert Version(installs["monai"]) in SpecifierSet(">=1.5.1,<1.7")
+    assert {"onnxruntime", "dynamic-network-architectures"} <= set(installs) and "timm" not in installs
     assert not set(installs) & set(PROTECTED), f"would replace {sorted(set(installs) & set(PROTECTED))}"
 
     # The former command (no pins, no constraints) on the same environment replaces the extension's torch.

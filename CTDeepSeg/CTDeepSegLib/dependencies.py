@@ -32,6 +32,7 @@ class Requirement:
     installed_by: str = "pip"  # "pip", "PyTorch extension" or "Slicer" (part of Slicer; never installed)
     purpose: str = ""
     optional: bool = False  # CTDeepSeg works without it, more slowly or without one picture
+    without_dependencies: bool = False  # pip install --no-deps: its own requirements serve parts CTDeepSeg never uses
 
     @property
     def pip_spec(self) -> str:
@@ -53,6 +54,21 @@ REQUIREMENTS = (
     ),
     Requirement("matplotlib", "matplotlib", ">=3.7", purpose="the fine-tuning curve picture", optional=True),
 )
+
+# Packages that only models of another format need, by the network class on their card ("ONNX", "nnUNet"):
+# installed, with consent, when such a model is first imported or run. dynamic-network-architectures comes
+# without its declared requirements: timm and einops serve only its transformer networks (never built here), and
+# timm would pull a torchvision other than the one the PyTorch extension installed.
+FORMAT_REQUIREMENTS = {
+    "ONNX": Requirement("onnxruntime", "onnxruntime", ">=1.17", purpose="running ONNX models"),
+    "nnUNet": Requirement(
+        "dynamic-network-architectures",
+        "dynamic_network_architectures",
+        ">=0.3",
+        purpose="building nnU-Net v2 networks",
+        without_dependencies=True,
+    ),
+}
 
 # Installed packages that pip must keep exactly as they are inside Slicer.
 PROTECTED = ("torch", "torchvision", "numpy", "scipy", "SimpleITK", "vtk", "pydicom", "requests", "pillow")
@@ -80,10 +96,12 @@ def problem(requirement: Requirement) -> str | None:
     return None if acceptable else f"{version} is installed; CTDeepSeg needs {requirement.specifier}"
 
 
-def unmet_requirements(include_optional: bool = False) -> list[Requirement]:
-    """The requirements that are missing or at a version CTDeepSeg does not work with."""
+def unmet_requirements(include_optional: bool = False, formats: Iterable[str] = ()) -> list[Requirement]:
+    """The requirements that are missing or at a version CTDeepSeg does not work with; with ``formats`` (network
+    classes of model cards), also what models of those formats need."""
     importlib.invalidate_caches()  # packages installed a moment ago must be seen
-    return [r for r in REQUIREMENTS if (include_optional or not r.optional) and problem(r) is not None]
+    wanted = [*REQUIREMENTS, *(FORMAT_REQUIREMENTS[f] for f in dict.fromkeys(formats) if f in FORMAT_REQUIREMENTS)]
+    return [r for r in wanted if (include_optional or not r.optional) and problem(r) is not None]
 
 
 def constraints() -> str:
@@ -92,6 +110,12 @@ def constraints() -> str:
     return "\n".join(pins) + "\n"
 
 
-def pip_arguments(requirements: Iterable[Requirement], constraints_file: str) -> list[str]:
-    """The arguments after ``pip install`` for the pip-installed ``requirements`` (Slicer's ``pip_install``)."""
-    return ["--constraint", constraints_file, *(r.pip_spec for r in requirements if r.installed_by == "pip")]
+def pip_arguments(requirements: Iterable[Requirement], constraints_file: str) -> list[list[str]]:
+    """The argument lists after ``pip install`` (one call each, for Slicer's ``pip_install``) that install the
+    pip-installed ``requirements``: those with their dependencies in one call, each ``without_dependencies``
+    one in a call of its own with ``--no-deps``."""
+    chosen = [r for r in requirements if r.installed_by == "pip"]
+    together = [r.pip_spec for r in chosen if not r.without_dependencies]
+    calls = [["--constraint", constraints_file, *together]] if together else []
+    calls += [["--no-deps", "--constraint", constraints_file, r.pip_spec] for r in chosen if r.without_dependencies]
+    return calls

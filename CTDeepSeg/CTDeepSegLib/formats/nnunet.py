@@ -30,9 +30,10 @@ import numpy as np
 from ..errors import CTDeepSegError
 from ..jobs import Progress
 from .nnunet_forward import lean_forward
-from .nnunet_resampling import resample, resampling_kwargs
+from .nnunet_resampling import Resampler, resample, resampling_kwargs
 
 NNUNET_CLASS = "nnUNet"
+_EXPORT_ROWS = 16  # rows of the input grid made into labels at a time
 _NETWORKS = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet",
     "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet",
@@ -355,11 +356,14 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
                 window = tensor[(slice(None), slice(None), *place)].to(device)
                 prediction = lean_forward(network, window).float()
                 for flip in flips:
-                    prediction += torch.flip(lean_forward(network, torch.flip(window, flip)).float(), flip)
-                prediction = (prediction / (len(flips) + 1))[0].cpu()
+                    mirrored = lean_forward(network, torch.flip(window, flip))
+                    for channel in range(mirrored.shape[1]):  # un-mirrored a class at a time: no copy of all
+                        prediction[:, channel : channel + 1] += mirrored[:, channel : channel + 1].flip(flip)
+                    del mirrored
+                prediction = prediction[0].mul_(weight.to(device) / (len(flips) + 1)).cpu()
                 if total is None:
                     total = torch.zeros((prediction.shape[0], *data.shape))
-                total[(slice(None), *place)] += prediction * weight
+                total[(slice(None), *place)] += prediction
                 if network is model.networks[0]:
                     counts[place] += weight
                 done += 1
@@ -406,35 +410,34 @@ def _labels_back(
     model: NnunetModel,
     progress: Progress,
 ) -> tuple[np.ndarray, Any]:
-    """nnU-Net's labels on the cropped input grid and the per-label confidence, one resampled channel at a time:
-    argmax (the first class wins a tie, as ``torch.argmax``) with the softmax of the winner from a running
-    log-sum-exp, or for regions each sigmoid above 0.5 written in ``regions_class_order``. A few full-size
-    arrays whatever the number of classes (TotalSegmentator's have 25 to 118), where stacking them all held
-    every class twice."""
+    """nnU-Net's labels on the cropped input grid and the per-label confidence, made a slab of rows at a time
+    from every class's logits resampled to those rows: argmax (the first class wins a tie, as ``torch.argmax``)
+    with the softmax of the winner from a running log-sum-exp, or for regions each sigmoid above 0.5 written in
+    ``regions_class_order``. Whatever the number of classes (TotalSegmentator's have 25 to 118), nothing of
+    full size but the labels, where nnU-Net holds every class resampled, in float64."""
     import torch
 
     from ..inference import _Confidence
 
-    channels = logits.shape[0]
     labels = torch.zeros(shape, dtype=torch.uint8)
-    best = total = None
-    with torch.inference_mode():  # the logits are inference tensors, and their storage may be updated in place
-        for channel in range(channels):
-            progress.update(channel / channels, "Resampling to the input grid")
-            values = resample(logits[channel], shape, current, new, kwargs)
-            if model.regions:
-                labels[torch.sigmoid(values) > 0.5] = model.regions[channel]
-                best = values if best is None else torch.maximum(best, values, out=best)
-            elif best is None:
-                best, total = values, torch.ones_like(values)
-            else:
-                for rows in range(0, shape[0], 8):  # slabs: the temporaries stay small
-                    part = slice(rows, rows + 8)
-                    mine, top, sums = values[part], best[part], total[part]
-                    labels[part][mine > top] = channel
-                    higher = torch.maximum(top, mine)
-                    sums.mul_(top.sub_(higher).exp_()).add_(mine.sub_(higher).exp_())
-                    top.copy_(higher)
-        confidence = _Confidence()
-        confidence.add(labels, torch.sigmoid(best) if model.regions else total.reciprocal_())
+    confidence = _Confidence()
+    with torch.inference_mode():  # the logits are inference tensors
+        resamplers = [Resampler(channel, shape, current, new, kwargs) for channel in logits]
+        for start in range(0, shape[0], _EXPORT_ROWS):
+            progress.update(start / shape[0], "Resampling to the input grid")
+            rows = slice(start, start + _EXPORT_ROWS)
+            part, best, total = labels[rows], None, None
+            for channel, resampler in enumerate(resamplers):
+                values = resampler.rows(rows)
+                if model.regions:
+                    part[torch.sigmoid(values) > 0.5] = model.regions[channel]
+                    best = values if best is None else torch.maximum(best, values, out=best)
+                elif best is None:
+                    best, total = values, torch.ones_like(values)
+                else:
+                    part[values > best] = channel
+                    higher = torch.maximum(best, values)
+                    total.mul_(best.sub_(higher).exp_()).add_(values.sub_(higher).exp_())
+                    best = higher
+            confidence.add(part, torch.sigmoid(best) if model.regions else total.reciprocal_())
     return labels.numpy(), confidence

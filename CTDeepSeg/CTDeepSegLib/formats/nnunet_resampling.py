@@ -70,58 +70,85 @@ def _along(volume: Any, matrix: Any, axis: int) -> Any:
     return (volume.reshape(a * b, c) @ matrix.T).reshape(a, b, -1)
 
 
-def _resize(volume: Any, shape: tuple[int, ...], order: int, axes: list[int]) -> Any:
-    """``volume`` resized to ``shape`` along ``axes`` (the most shrinking first, so the intermediates stay small),
-    clipped for orders above 1 to the range of what skimage resized: the volume, or each slice across the one
-    axis left out (nnU-Net resizes an anisotropic volume slice by slice)."""
-    changing = sorted((a for a in axes if volume.shape[a] != shape[a]), key=lambda a: shape[a] / volume.shape[a])
-    if not changing:
-        return volume
-    if order <= 1:
-        low = high = None
-    elif len(axes) == 3:
-        low, high = volume.min(), volume.max()
-    else:
-        (kept,) = set(range(3)) - set(axes)
-        others = tuple(a for a in range(3) if a != kept)
-        low, high = volume.amin(dim=others, keepdim=True), volume.amax(dim=others, keepdim=True)
-    for axis in changing:
-        volume = _along(volume, _axis_matrix(volume.shape[axis], shape[axis], order), axis)
-    return volume if low is None else volume.clamp_(low, high)
-
-
-def _nearest_or_linear(volume: Any, size: int, axis: int, order: int) -> Any:
-    """``volume`` resampled to ``size`` along ``axis`` at nnU-Net's positions (voxel centres scaled), edges held."""
+def _positions_matrix(size: int, new_size: int, order: int) -> Any:
+    """nnU-Net's resampling along an anisotropic axis (nearest or linear between voxel centres scaled, edges
+    held) as a (new_size, size) matrix."""
     import torch
 
-    positions = (torch.arange(size, dtype=torch.float64) + 0.5) * (volume.shape[axis] / size) - 0.5
-    positions = positions.clamp(0, volume.shape[axis] - 1)
+    positions = (torch.arange(new_size, dtype=torch.float64) + 0.5) * (size / new_size) - 0.5
+    positions = positions.clamp(0, size - 1)
+    matrix = torch.zeros((new_size, size), dtype=torch.float64)
     if order == 0:
-        return volume.index_select(axis, torch.floor(positions + 0.5).long())
-    if order == 1:
+        matrix[torch.arange(new_size), torch.floor(positions + 0.5).long()] = 1
+    elif order == 1:
         below = torch.floor(positions).long()
-        above = (below + 1).clamp(max=volume.shape[axis] - 1)
-        shape = [1] * volume.dim()
-        shape[axis] = -1
-        weight = (positions - below).float().reshape(shape)
-        return volume.index_select(axis, below) * (1 - weight) + volume.index_select(axis, above) * weight
-    raise CTDeepSegError(f"Resampling with order {order} along the anisotropic axis is not supported.")
+        above = (below + 1).clamp(max=size - 1)
+        weight = positions - below
+        matrix[torch.arange(new_size), below] += 1 - weight
+        matrix[torch.arange(new_size), above] += weight
+    else:
+        raise CTDeepSegError(f"Resampling with order {order} along the anisotropic axis is not supported.")
+    return matrix.float()
+
+
+class Resampler:
+    """One channel (a 3-D float32 tensor or array) resampled to ``shape`` as nnU-Net's
+    ``resample_data_or_seg_to_shape`` (non-segmentation) does, computable a slab of output rows at a time.
+
+    A spline of ``order`` along each axis (skimage's resize, clipped to the range of what it resized for orders
+    above 1), except along an anisotropic axis, which is resampled afterwards on its own with ``order_z`` (each
+    slice across it then clipped to its own range, as nnU-Net resizes slice by slice)."""
+
+    def __init__(self, channel: Any, shape: tuple[int, ...], current: Any, new: Any, kwargs: dict):
+        import torch
+
+        self.volume = torch.as_tensor(channel, dtype=torch.float32).contiguous()
+        self.shape = tuple(int(n) for n in shape)
+        order, order_z = int(kwargs.get("order", 3)), int(kwargs.get("order_z", 0))
+        force = kwargs.get("force_separate_z", False)
+        self.axis = separate_axis(np.asarray(current, float), np.asarray(new, float), force)
+        sizes = list(zip(self.volume.shape, self.shape))
+        self.splines = {a: _axis_matrix(n, m, order) for a, (n, m) in enumerate(sizes) if a != self.axis and n != m}
+        self.along = None
+        if self.axis is not None and sizes[self.axis][0] != sizes[self.axis][1]:
+            self.along = _positions_matrix(*sizes[self.axis], order_z)
+        self.low = self.high = None
+        if self.splines and order > 1:
+            if self.axis is None:
+                self.low, self.high = self.volume.min(), self.volume.max()
+            else:
+                others = tuple(a for a in range(3) if a != self.axis)
+                self.low = self.volume.amin(dim=others, keepdim=True)
+                self.high = self.volume.amax(dim=others, keepdim=True)
+
+    def rows(self, rows: slice) -> Any:
+        """Output rows ``rows`` (along the first axis): a float32 tensor."""
+        import torch
+
+        volume, splines, along, low, high = self.volume, dict(self.splines), self.along, self.low, self.high
+        if not splines and along is None:
+            return volume[rows]
+        if 0 in splines:
+            splines[0] = splines[0][rows]
+        elif self.axis == 0 and along is not None:  # only the source slices these rows are made of
+            along = along[rows]
+            needed = torch.nonzero(along.abs().sum(0)).flatten()
+            along, volume = along[:, needed], volume[needed]
+            low, high = (None, None) if low is None else (low[needed], high[needed])
+        else:
+            volume = volume[rows]
+            if self.axis == 0 and low is not None:
+                low, high = low[rows], high[rows]
+        order = sorted(splines, key=lambda a: (a != 0, self.shape[a] / self.volume.shape[a]))
+        for axis in order:  # the first axis first (its rows chosen), then the most shrinking
+            volume = _along(volume.contiguous(), splines[axis], axis)
+        if low is not None:  # only set when a spline ran: ``volume`` is a new tensor
+            volume = volume.clamp_(low, high)
+        if along is not None:
+            volume = _along(volume.contiguous(), along, self.axis)
+        return volume.contiguous()
 
 
 def resample(channel: Any, shape: tuple[int, ...], current: Any, new: Any, kwargs: dict) -> Any:
-    """One channel (a 3-D float32 tensor or array) resampled as nnU-Net's ``resample_data_or_seg_to_shape``
-    (non-segmentation) does; a float32 tensor. An anisotropic axis is resampled apart with ``order_z``."""
-    import torch
-
-    volume = torch.as_tensor(channel, dtype=torch.float32).contiguous()
-    shape = tuple(int(n) for n in shape)
-    if tuple(volume.shape) == shape:
-        return volume
-    order, order_z = int(kwargs.get("order", 3)), int(kwargs.get("order_z", 0))
-    axis = separate_axis(np.asarray(current, float), np.asarray(new, float), kwargs.get("force_separate_z", False))
-    if axis is None:
-        return _resize(volume, shape, order, [0, 1, 2])
-    volume = _resize(volume, shape, order, [a for a in range(3) if a != axis])
-    if volume.shape[axis] == shape[axis]:
-        return volume
-    return _nearest_or_linear(volume, shape[axis], axis, order_z).contiguous()
+    """The whole of ``channel`` resampled (see ``Resampler``): a float32 tensor."""
+    return Resampler(channel, shape, current, new, kwargs).rows(slice(None))
