@@ -10,6 +10,7 @@ largest component" step is left out on both sides (MONAI's needs scikit-image); 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -28,6 +29,8 @@ from CTDeepSegLib.phantom import make_phantom
 
 ZOO = Path(__file__).parent / "data" / "model-zoo"
 RUNNABLE = [
+    "multi_organ_segmentation",
+    "pancreas_ct_dints_segmentation",
     "pediatric_abdominal_ct_segmentation",
     "prostate_mri_anatomy",
     "spleen_ct_segmentation",
@@ -36,7 +39,24 @@ RUNNABLE = [
 ]
 
 
-def _bundle(name: str, folder: Path, volume) -> Path:
+@pytest.fixture(scope="module")
+def dints_architecture() -> dict:
+    """A searched DiNTS topology as the Model Zoo's ``search_code_*.pt`` holds it (numpy arrays), decoded by
+    MONAI's own TopologySearch from a seeded random search state (the real file cannot be downloaded here)."""
+    from monai.networks.nets import TopologySearch
+
+    torch.manual_seed(0)
+    search = TopologySearch(channel_mul=0.25, num_blocks=12, num_depths=4, use_downsample=True, device="cpu")
+    node_a, arch_code_a, arch_code_c, arch_code_a_max = search.decode()
+    return {
+        "node_a": node_a,
+        "arch_code_a": arch_code_a,
+        "arch_code_c": arch_code_c,
+        "arch_code_a_max": arch_code_a_max,
+    }
+
+
+def _bundle(name: str, folder: Path, volume, architecture: dict | None = None) -> Path:
     """The real configs with random weights (seeded) for the network they describe.
 
     A random network's logits vary smoothly with the image but one class wins everywhere; the final layer's
@@ -46,6 +66,8 @@ def _bundle(name: str, folder: Path, volume) -> Path:
     shutil.copytree(ZOO / name / "configs", target / "configs")
     (target / "models").mkdir()
     card = bundle_card(target)
+    if card["network"]["class"] == "DiNTS":
+        torch.save(architecture, target / card["network"]["architecture"]["file"])
     torch.manual_seed(0)
     network = build_network(card).eval()
     grid = model_grid(volume, card, crop_to_body=False)
@@ -59,11 +81,11 @@ def _bundle(name: str, folder: Path, volume) -> Path:
     return target
 
 
-def _volume():
+def _volume(shape=(40, 36, 28), spacing=(3.0, 3.0, 3.5)):
     """A small abdomen phantom, its i axis right-to-left (Orientationd flips it), at an offset origin."""
     return make_phantom(
-        (40, 36, 28),
-        (3.0, 3.0, 3.5),
+        shape,
+        spacing,
         seed=3,
         lung_lesions=1,
         liver_lesions=1,
@@ -80,6 +102,10 @@ def _monai_labels(bundle: Path, volume) -> np.ndarray:
     parser = ConfigParser()
     parser.read_config(str(next((bundle / "configs").glob("inference.*"))))
     parser["imports"] = []  # a bundle's own scripts/ are not here (and CTDeepSeg never imports them)
+    if parser["network_def"]["_target_"].endswith("DiNTS"):  # the bundle loads its architecture onto CUDA
+        parser["arch_ckpt_path"] = str(bundle / "models" / "search_code_18590.pt")
+        parser["arch_ckpt"] = "$torch.load(@arch_ckpt_path, map_location='cpu', weights_only=False)"
+        parser["dints_space"]["device"] = "cpu"
     if parser["network_def"]["_target_"] == "SwinUNETR":
         parser["network_def"].pop("img_size", None)  # removed from current MONAI; only checked input sizes
     steps = [
@@ -112,9 +138,12 @@ def _monai_labels(bundle: Path, volume) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_ctdeepseg_agrees_with_monai_bundle_pipeline(tmp_path, name):
-    volume = _volume()
-    bundle = _bundle(name, tmp_path, volume)
+def test_ctdeepseg_agrees_with_monai_bundle_pipeline(tmp_path, name, request):
+    dints = "dints" in name or name == "multi_organ_segmentation"
+    # DiNTS (77 M parameters, a 96^3 window): one window's worth of abdomen keeps the test short
+    volume = _volume((32, 32, 26), (3.0, 3.0, 3.0)) if dints else _volume()
+    architecture = request.getfixturevalue("dints_architecture") if dints else None
+    bundle = _bundle(name, tmp_path, volume, architecture)
     card, network = open_model(bundle)
     ours = segment_volume(volume, card, network, device="cpu", sw_batch_size=1, postprocess_labels=False).labels.array
     theirs = _monai_labels(bundle, volume)
@@ -178,3 +207,30 @@ def test_bundle_needing_its_own_code_says_why(tmp_path):
         bundle_card(target)
     config = json.loads((target / "configs" / "inference.json").read_text())
     assert config["network_def"]["_target_"].startswith("scripts.")
+
+
+def test_a_dints_architecture_file_is_checked_and_read_as_data(tmp_path, dints_architecture):
+    """The search code is verified against large_files.yml and read as plain arrays: a changed file or one that
+    needs pickled code is refused."""
+    from CTDeepSegLib.bundle import load_bundle
+
+    bundle = _bundle(
+        "pancreas_ct_dints_segmentation", tmp_path, _volume((32, 32, 26), (3.0, 3.0, 3.0)), dints_architecture
+    )
+    search_code = bundle / "models" / "search_code_18590.pt"
+    digest = hashlib.md5(search_code.read_bytes()).hexdigest()
+    weights = hashlib.md5((bundle / "models" / "model.pt").read_bytes()).hexdigest()
+    listing = 'large_files:\n- path: "models/search_code_18590.pt"\n  hash_val: "{}"\n  hash_type: "md5"\n'
+    listing += f'- path: "models/model.pt"\n  hash_val: "{weights}"\n  hash_type: "md5"\n'
+    (bundle / "large_files.yml").write_text(listing.format(digest))
+    card, network = load_bundle(bundle)
+    assert card["provenance"]["checksum"] == "md5 verified" and type(network).__name__ == "DiNTS"
+
+    (bundle / "large_files.yml").write_text(listing.format("0" * 32))
+    with pytest.raises(CTDeepSegError, match=r"search_code_18590\.pt: md5 checksum differs from large_files\.yml"):
+        load_bundle(bundle)
+
+    (bundle / "large_files.yml").unlink()
+    torch.save({**dints_architecture, "where": Path("/tmp")}, search_code)  # a pickled class, not plain data
+    with pytest.raises(CTDeepSegError, match=r"search_code_18590\.pt: not a plain weights file"):
+        load_bundle(bundle)

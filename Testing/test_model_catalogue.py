@@ -32,7 +32,7 @@ def test_every_published_model_is_listed_with_urls_and_checksums():
     for entry in ENTRIES:
         runnable[entry["source"]] += entry["supported"]
         assert entry["supported"] or entry["why_not"], entry["name"]
-    assert runnable == {"MONAI Model Zoo": 6, "MONAIAuto3DSeg": 27}
+    assert runnable == {"MONAI Model Zoo": 8, "MONAIAuto3DSeg": 27}
     multi = [entry["name"] for entry in auto3dseg if not entry["supported"]]
     assert sorted(multi) == ["brats-gli", "brats-men", "brats-met", "brats-ped", "brats-ssa", "prostate"]
 

@@ -54,12 +54,6 @@ NEEDS_OWN_CODE = {
     "spleen_deepedit_annotation": "DeepEdit takes click-guidance channels in its own protocol; "
     "use CTDeepSeg's Interactive section instead",
 }
-# Bundles the reader refuses for a reason better said in words than by the refused expression.
-NOT_YET = {
-    name: "its DiNTS network takes its architecture from models/search_code_18590.pt through torch.load in the "
-    "config; CTDeepSeg does not read that file yet"
-    for name in ("multi_organ_segmentation", "pancreas_ct_dints_segmentation")
-}
 REGION = {
     "brats_mri_segmentation": "brain",
     "lung_nodule_ct_detection": "chest",
@@ -161,7 +155,7 @@ def zoo_entries(zoo: Path) -> list[dict]:
                 bundle_card(folder)
                 entry.update(supported=True, why_not=None)
             except CTDeepSegError as error:
-                reason = NOT_YET.get(name) or str(error).replace(str(folder), name)
+                reason = str(error).replace(str(folder), name)
                 entry.update(supported=False, why_not=reason)
         entries.append(entry)
     return entries

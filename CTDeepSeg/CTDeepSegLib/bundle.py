@@ -34,6 +34,12 @@ _INTENSITY_OTHER = {
     "Lambdad",
 }
 _PALETTE = [(0.87, 0.51, 0.4), (0.5, 0.68, 0.85), (0.95, 0.92, 0.82), (1.0, 0.85, 0.0), (0.6, 0.8, 0.4)]
+# How the Model Zoo's DiNTS bundles name their searched architecture (recognised, never evaluated):
+# ``arch_ckpt: "$torch.load(@arch_ckpt_path, ...)"``, ``"$@arch_ckpt['arch_code_a']"``,
+# ``node_a: "$torch.from_numpy(@arch_ckpt['node_a'])"``.
+_DINTS_LOAD = re.compile(r"^\$torch\.load\(\s*(@[\w#]+)\s*[,)]")
+_DINTS_ITEM = re.compile(r"^\$@(\w+)\[['\"](\w+)['\"]\]$")
+_DINTS_NODES = re.compile(r"^\$torch\.from_numpy\(@(\w+)\[['\"](\w+)['\"]\]\)$")
 
 
 def is_bundle(folder: Path) -> bool:
@@ -117,12 +123,14 @@ def _normalisation(config: BundleConfig, transforms: list[dict], where: str) -> 
     return {"kind": "steps", "steps": steps}
 
 
-def _published_hash(folder: Path) -> tuple[str, str] | None:
+def _published_hash(folder: Path, relative: str = "models/model.pt") -> tuple[str, str] | None:
+    """The hash type and value that the bundle's ``large_files.yml`` publishes for ``relative``, if any."""
     for name in ("large_files.yml", "large_files.yaml"):
         path = folder / name
         if path.is_file():
             text = path.read_text()
-            entry = re.search(r"path:\s*[\"']?models/model\.pt[\"']?(.*?)(?=\n\s*-\s*path:|\Z)", text, re.S)
+            file = re.escape(relative)
+            entry = re.search(rf"path:\s*[\"']?(?:\./)?{file}[\"']?(.*?)(?=\n\s*-\s*path:|\Z)", text, re.S)
             if entry:
                 value = re.search(r"hash_val:\s*[\"']?([0-9a-fA-F]+)", entry.group(1))
                 kind = re.search(r"hash_type:\s*[\"']?(\w+)", entry.group(1))
@@ -160,6 +168,52 @@ def _model_crop(config: BundleConfig, transforms: list[dict], where: str) -> dic
     return {"kind": "model_foreground", "margin": margin, "allow_smaller": bool(values.get("allow_smaller", False))}
 
 
+def _dints(config: BundleConfig, raw: dict, where: str) -> dict:
+    """A DiNTS network (a topology found by architecture search) as card data: its arguments, its search space's
+    settings and the file holding the searched architecture (the Model Zoo's ``models/search_code_*.pt``, numpy
+    arrays saved with ``torch.save``), which ``build_network`` reads with ``torch.load(weights_only=True)``.
+
+    The bundle reads that file with a ``$torch.load(...)`` expression; CTDeepSeg recognises the Model Zoo's
+    pattern (the file's path, the arrays' keys) instead of evaluating it, and refuses any other."""
+    space = raw.get("dints_space")
+    if isinstance(space, str) and space.startswith("@"):
+        space = config.lookup(space[1:], where)
+    if not isinstance(space, dict) or _target(space) != "TopologyInstance":
+        raise CTDeepSegError(f"{where}: a DiNTS network needs a TopologyInstance dints_space.")
+    codes = space.get("arch_code")
+    items = [_DINTS_ITEM.match(str(code)) for code in codes] if isinstance(codes, list) else []
+    nodes = _DINTS_NODES.match(str(raw.get("node_a", "")))
+    sources = {match.group(1) for match in [*items, nodes] if match}
+    loader = _DINTS_LOAD.match(str(config.data.get(next(iter(sources)), ""))) if len(sources) == 1 else None
+    if len(items) != 2 or not all(items) or nodes is None or loader is None:
+        raise CTDeepSegError(
+            f"{where}: this DiNTS network does not read its architecture from a search-code file as the Model Zoo's "
+            "DiNTS bundles do; CTDeepSeg cannot build it without running the bundle's code."
+        )
+    rooted = BundleConfig({**config.data, "bundle_root": "."}, config.folder, config.name)  # relative to the bundle
+    relative = Path(str(rooted.value(loader.group(1), f"{where} architecture file")))
+    bundle = config.folder.parent
+    if relative.is_absolute() or not (bundle / relative).resolve().is_relative_to(bundle.resolve()):
+        raise CTDeepSegError(f"{where}: the DiNTS architecture file {relative} is not inside the bundle.")
+    skip = ("_target_", "arch_code", "device")
+    return {
+        "class": "DiNTS",
+        "args": {
+            key: config.value(value, f"{where}.{key}")
+            for key, value in raw.items()
+            if not key.startswith("_") and key not in ("dints_space", "node_a")
+        },
+        "space": {
+            key: config.value(value, f"{where} dints_space.{key}") for key, value in space.items() if key not in skip
+        },
+        "architecture": {
+            "file": relative.as_posix().removeprefix("./"),
+            "arch_code": [match.group(2) for match in items],
+            "node_a": nodes.group(2),
+        },
+    }
+
+
 def bundle_card(folder: Path) -> ModelCard:
     """The CTDeepSeg card equivalent to a bundle's configs (weights not loaded): a segmentation network, or a
     RetinaNet detector (``retinanet_bundle``)."""
@@ -175,14 +229,18 @@ def bundle_card(folder: Path) -> ModelCard:
         # every transform: the detector resamples always (see retinanet_bundle)
         transforms = {_target(entry): entry for entry in _transforms(config, "preprocessing", where, disabled=True)}
         return ModelCard(folder, retinanet_card(folder, metadata, config.data, transforms, channels))
-    network = config.value(raw_network, f"{where} network_def") if raw_network is not None else None
-    if isinstance(network, dict):
-        _needs_own_code(str(network.get("_target_", "")), f"{where} network_def")
-    if not isinstance(network, dict) or _target(network) not in NETWORKS:
-        raise CTDeepSegError(f"{where}: network_def must be one of {', '.join(NETWORKS)} or {RETINANET_CLASS}.")
-    args = {
-        k: v for k, v in network.items() if not k.startswith("_") and k not in _REMOVED_ARGS.get(_target(network), ())
-    }
+    if isinstance(raw_network, dict) and _target(raw_network) == "DiNTS":
+        described = _dints(config, raw_network, f"{where} network_def")
+    else:
+        network = config.value(raw_network, f"{where} network_def") if raw_network is not None else None
+        if isinstance(network, dict):
+            _needs_own_code(str(network.get("_target_", "")), f"{where} network_def")
+        if not isinstance(network, dict) or _target(network) not in NETWORKS:
+            raise CTDeepSegError(f"{where}: network_def must be one of {', '.join(NETWORKS)} or {RETINANET_CLASS}.")
+        removed = _REMOVED_ARGS.get(_target(network), ())
+        args = {k: v for k, v in network.items() if not k.startswith("_") and k not in removed}
+        described = {"class": _target(network), "args": args}
+    args = described["args"]
     channels_in = int(args.get("in_channels", 1))
     if channels_in != 1:
         raise CTDeepSegError(
@@ -237,7 +295,7 @@ def bundle_card(folder: Path) -> ModelCard:
         "modality": "MRI" if modality.startswith("MR") else "CT",
         "description": metadata.get("description", ""),
         "labels": labels,
-        "network": {"class": _target(network), "args": args},
+        "network": described,
         "spacing": [float(s) for s in spacing],
         "orientation": str(orientation),
         "normalisation": normalisation,
@@ -260,6 +318,23 @@ def bundle_card(folder: Path) -> ModelCard:
     return ModelCard(folder, data)
 
 
+def _checked_file(folder: Path, relative: str) -> str | None:
+    """The hash type ``relative`` was verified with against ``large_files.yml``; None if none is published.
+    A missing file or a different hash is refused."""
+    path = folder / relative
+    if not path.is_file():
+        raise CTDeepSegError(f"{path}: the bundle's file is missing.")
+    published = _published_hash(folder, relative)
+    if published is None:
+        return None
+    kind, expected = published
+    if kind not in ("md5", "sha256", "sha1", "sha512"):
+        raise CTDeepSegError(f"{folder}: large_files.yml uses an unknown hash type {kind!r}.")
+    if hashlib.new(kind, path.read_bytes()).hexdigest() != expected:
+        raise CTDeepSegError(f"{path}: {kind} checksum differs from large_files.yml; refusing to load it.")
+    return kind
+
+
 def load_bundle(folder: Path) -> tuple[ModelCard, Any]:
     """The bundle's card and network with its weights (checked against a published hash when there is one)."""
     import torch
@@ -271,15 +346,10 @@ def load_bundle(folder: Path) -> tuple[ModelCard, Any]:
     weights = folder / "models" / "model.pt"
     if not weights.is_file():
         raise CTDeepSegError(f"{weights}: the bundle's weights are missing.")
-    published = _published_hash(folder)
-    if published is not None:
-        kind, expected = published
-        if kind not in ("md5", "sha256", "sha1", "sha512"):
-            raise CTDeepSegError(f"{folder}: large_files.yml uses an unknown hash type {kind!r}.")
-        actual = hashlib.new(kind, weights.read_bytes()).hexdigest()
-        if actual != expected:
-            raise CTDeepSegError(f"{weights}: {kind} checksum differs from large_files.yml; refusing to load it.")
-        card.data["provenance"]["checksum"] = f"{kind} verified"
+    architecture = card["network"].get("architecture", {}).get("file")
+    checked = [_checked_file(folder, relative) for relative in ("models/model.pt", architecture) if relative]
+    if checked[0] is not None:
+        card.data["provenance"]["checksum"] = f"{checked[0]} verified"
     else:
         card.data["provenance"]["checksum"] = "not published by the bundle (loaded as weights only, no code run)"
     try:

@@ -31,7 +31,7 @@ from .formats.nnunet import NNUNET_CLASS
 from .formats.onnx_model import ONNX_CLASS
 from .model_paths import find_model_folders
 
-NETWORKS = ("UNet", "BasicUNet", "SegResNet", "SegResNetDS", "DynUNet", "AttentionUnet", "SwinUNETR")
+NETWORKS = ("UNet", "BasicUNet", "SegResNet", "SegResNetDS", "DynUNet", "AttentionUnet", "SwinUNETR", "DiNTS")
 # softmax: channel 0 is background, labels by argmax; sigmoid: channel c is label c + 1, kept above "threshold".
 ACTIVATIONS = ("softmax", "sigmoid")
 _REQUIRED = (
@@ -141,11 +141,34 @@ def build_network(card: ModelCard):
     try:
         if network["class"] == DETECTOR_CLASS:
             return build_detector(network.get("args", {}))
+        if network["class"] == "DiNTS":
+            return _build_dints(card)
         return getattr(nets, network["class"])(**network.get("args", {}))
     except TypeError as error:
         raise CTDeepSegError(
             f"{card.folder / 'model.json'}: network arguments do not fit {network['class']}: {error}."
         ) from None
+
+
+def _build_dints(card: ModelCard):
+    """A DiNTS network from its searched architecture: numpy arrays in a file read as plain data."""
+    import monai.networks.nets as nets
+    import numpy as np
+    import torch
+
+    from .formats.torch_checkpoint import load_plain
+
+    network = card["network"]
+    architecture = network["architecture"]
+    path = card.folder / architecture["file"]
+    arrays = load_plain(path)
+    keys = [*architecture["arch_code"], architecture["node_a"]]
+    if not isinstance(arrays, dict) or not all(key in arrays for key in keys):
+        raise CTDeepSegError(f"{path}: not a DiNTS search code (it needs the arrays {', '.join(keys)}).")
+    codes = [np.asarray(arrays[key]) for key in architecture["arch_code"]]
+    space = nets.TopologyInstance(arch_code=codes, device="cpu", **network["space"])
+    nodes = torch.as_tensor(np.asarray(arrays[architecture["node_a"]]))
+    return nets.DiNTS(dints_space=space, node_a=nodes, **network["args"])
 
 
 def load_model(folder: Path | str) -> tuple[ModelCard, Any]:
