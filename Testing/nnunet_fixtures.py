@@ -89,11 +89,14 @@ def results_folder(
     regions: bool = False,
     convs: int = 1,
     classes: int | None = None,
+    reader: str = "SimpleITKIO",
+    mirror_axes: tuple | None = (0, 1, 2),
 ) -> Path:
     """An nnU-Net v2 results folder laid out as nnU-Net writes it: random weights, a PlainConvUNet with
     ``features`` per stage (small by default) and ``convs`` convolutions per stage, one checkpoint per fold; with
     ``regions``, region labels (one sigmoid head per region); with ``classes``, that many labels (background
-    included) instead of the phantom's four."""
+    included) instead of the phantom's four; ``reader`` is the plans' image reader, ``mirror_axes`` the
+    checkpoints' test-time mirroring (None: none, as nnUNetTrainerNoMirroring saves it)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     architecture = json.loads(json.dumps(ARCHITECTURE))
@@ -117,6 +120,7 @@ def results_folder(
     heads = 3 if regions else len(dataset["labels"])
     plans = _plans(list(spacing_zyx), list(patch_zyx), scheme)
     plans["configurations"]["3d_fullres"]["architecture"] = architecture
+    plans["image_reader_writer"] = reader
     (folder / "dataset.json").write_text(json.dumps(dataset))
     (folder / "plans.json").write_text(json.dumps(plans))
     for fold in folds:
@@ -129,7 +133,7 @@ def results_folder(
             "network_weights": network.state_dict(),
             "init_args": {"configuration": "3d_fullres", "fold": fold},
             "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": (0, 1, 2),
+            "inference_allowed_mirroring_axes": mirror_axes,
             "current_epoch": 1000,
         }
         (folder / f"fold_{fold}").mkdir()

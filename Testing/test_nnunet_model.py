@@ -228,3 +228,32 @@ def test_slab_forward_equals_the_networks_own_forward(kind, monkeypatch):
         lean = nnunet_forward.lean_forward(network, window)
     assert len(calls) == expected_slabs, "the slab path must be the one tested"
     assert torch.abs(lean - reference).max() <= 1e-5 * torch.abs(reference).max()
+
+
+@pytest.mark.parametrize("reader", ["NibabelIOWithReorient", "SimpleITKIOWithReorient", "SimpleITKIO"])
+def test_a_reorienting_reader_is_followed_as_nnunet_follows_it(tmp_path, monkeypatch, reader):
+    """Plans whose reader turns the image to RAS first (TotalSegmentator's newer tasks): a coronal scan, its axes
+    permuted and flipped against RAS, gives nnU-Net's labels back on the scan's own grid. Without mirroring, so
+    that a flip the reader makes is not averaged away."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from CTDeepSegLib.volume_io import read_label
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    folder = results_folder(tmp_path / "results", reader=reader, mirror_axes=None, folds=(0,))
+    card = import_model(folder, "reoriented", destination=tmp_path / "models")
+    coronal = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # i right, j down, k back
+    phantom = make_phantom((30, 56, 48), (1.6, 1.3, 2.9), seed=5, lung_lesions=0, liver_lesions=0, direction=coronal)
+    source = write_volume(phantom.image, tmp_path / "coronal.nii.gz")
+    loaded, model = open_model(card.folder)
+    ours = segment_volume(phantom.image, loaded, model, device="cpu").labels.array
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=None, checkpoint_name="checkpoint_final.pth")
+    image, properties = predictor.plans_manager.image_reader_writer_class().read_images([str(source)])
+    predictor.predict_single_npy_array(image, properties, None, str(tmp_path / "nnunet"), False)
+    reference = read_label(tmp_path / "nnunet.nii.gz").array
+    counts = np.bincount(reference.ravel(), minlength=4)
+    print(f"{reader}: agreement {np.mean(ours == reference):.5f}; nnU-Net's label counts {counts.tolist()}")
+    assert (counts > 0.02 * reference.size).sum() >= 2
+    assert np.mean(ours == reference) >= 0.99

@@ -33,6 +33,9 @@ from .nnunet_forward import lean_forward
 from .nnunet_resampling import Resampler, resample, resampling_kwargs
 
 NNUNET_CLASS = "nnUNet"
+# nnU-Net's image readers: the orientation the image is turned to before the network sees it (None: the file's
+# own voxel order, which is what SimpleITK's and nibabel's plain readers give)
+_READERS = {"SimpleITKIO": None, "NibabelIO": None, "NibabelIOWithReorient": "RAS", "SimpleITKIOWithReorient": "RAS"}
 _EXPORT_ROWS = 16  # rows of the input grid made into labels at a time
 _NETWORKS = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet",
@@ -122,6 +125,15 @@ def _configuration(plans: dict, name: str, where: Path) -> dict:
     return configuration
 
 
+def _reader_orientation(plans: dict, where: Path) -> str | None:
+    """The orientation the plans' image reader gives the network ("RAS" for the reorienting readers that
+    TotalSegmentator's newer tasks use), or None for the file's own voxel order."""
+    reader = plans.get("image_reader_writer", "SimpleITKIO")
+    if reader not in _READERS:
+        raise CTDeepSegError(f"{where}: the image reader {reader!r} is for 2D or microscopy images; not supported.")
+    return _READERS[reader]
+
+
 def nnunet_card_data(
     results: Path, name: str | None, overrides: dict, checkpoint: str = "checkpoint_final.pth"
 ) -> dict:
@@ -140,6 +152,7 @@ def nnunet_card_data(
         raise CTDeepSegError(f"{results}: a cascade stage needs the low-resolution stage's output; not supported.")
     if len(dataset.get("channel_names", {"0": ""})) != 1:
         raise CTDeepSegError(f"{results}: the model takes several input volumes; CTDeepSeg runs one.")
+    _reader_orientation(plans, results)
     labels, _ = _labels(dataset, results)
     schemes = configuration.get("normalization_schemes", ["ZScoreNormalization"])
     transpose = plans.get("transpose_forward", [0, 1, 2])
@@ -237,7 +250,7 @@ class NnunetModel:
         except ImportError:
             raise CTDeepSegError(
                 "nnU-Net models need the dynamic_network_architectures package; install it with "
-                "`pip install dynamic-network-architectures` (or from the CTDeepSeg panel)."
+                "`pip install --no-deps dynamic-network-architectures` (the CTDeepSeg panel offers it when needed)."
             ) from None
         heads = len(self.regions) if self.regions else len(self.dataset["labels"])
         self.networks, self.mirror_axes = [], None
@@ -348,22 +361,22 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
     flips = [c for size in range(1, len(axes) + 1) for c in itertools.combinations(axes, size)]
     done, work = 0, len(windows) * len(model.networks)
     with torch.inference_mode(), _reduced_precision(device, fast):
+        scale = (weight / (len(flips) + 1)).to(device)  # the Gaussian, shared by the mirrors
         for network in model.networks:
             network.to(device)
             for start in windows:
                 progress.update(done / work, f"Segmenting ({device})")
                 place = tuple(slice(s, s + t) for s, t in zip(start, tile))
                 window = tensor[(slice(None), slice(None), *place)].to(device)
-                prediction = lean_forward(network, window).float()
-                for flip in flips:
-                    mirrored = lean_forward(network, torch.flip(window, flip))
-                    for channel in range(mirrored.shape[1]):  # un-mirrored a class at a time: no copy of all
-                        prediction[:, channel : channel + 1] += mirrored[:, channel : channel + 1].flip(flip)
-                    del mirrored
-                prediction = prediction[0].mul_(weight.to(device) / (len(flips) + 1)).cpu()
-                if total is None:
-                    total = torch.zeros((prediction.shape[0], *data.shape))
-                total[(slice(None), *place)] += prediction
+                for flip in (None, *flips):
+                    output = lean_forward(network, window if flip is None else torch.flip(window, flip))
+                    if total is None:
+                        total = torch.zeros((output.shape[1], *data.shape))
+                    target = total[(slice(None), *place)]
+                    for channel in range(output.shape[1]):  # a class at a time into the sum: no window copy
+                        values = output[0, channel] if flip is None else output[0, channel].flip([a - 2 for a in flip])
+                        target[channel] += (values.float() * scale).cpu()
+                    del output
                 if network is model.networks[0]:
                     counts[place] += weight
                 done += 1
@@ -374,12 +387,15 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
 
 def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, progress: Progress, fast: bool) -> Any:
     """Labels (k, j, i) on ``volume``'s grid and per-label confidence, as nnU-Net's predictor computes them."""
-    from ..inference import mask_box
+    from ..inference import _from_target, _to_target, axis_codes, mask_box, reorientation
 
     where = str(card["network"]["results"])
     transpose = list(model.plans.get("transpose_forward", [0, 1, 2]))
-    image = volume.array.astype(np.float32).transpose(transpose)
-    spacing = np.asarray(volume.spacing[::-1], dtype=float)[transpose]  # (k, j, i) then nnU-Net's order
+    orientation = _reader_orientation(model.plans, Path(where))
+    order, flips = reorientation(axis_codes(volume.direction), orientation) if orientation else ([0, 1, 2], [False] * 3)
+    image = _to_target(volume.array, order, flips).astype(np.float32).transpose(transpose)
+    spacing_ijk = np.asarray(volume.spacing, dtype=float)[order]
+    spacing = spacing_ijk[::-1][transpose]  # (k, j, i) on the reader's grid, then nnU-Net's order
     target = np.asarray(model.configuration["spacing"], dtype=float)
     from scipy import ndimage
 
@@ -398,7 +414,7 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
     labels, confidence = _labels_back(logits, cropped, target, spacing, kwargs, model, back)
     full = np.zeros(grid, dtype=np.uint8)
     full[box] = labels
-    return full.transpose(np.argsort(transpose)), confidence.by_name(card)
+    return _from_target(full.transpose(np.argsort(transpose)), order, flips), confidence.by_name(card)
 
 
 def _labels_back(

@@ -100,8 +100,10 @@ def _block(block: Any, rows: Any, depth: int) -> Any:
 
 
 def _stage(blocks: list, rows: Any, depth: int) -> Any:
-    """Stacked blocks in slabs; the first block reads its input (``depth`` rows) through ``rows``."""
+    """Stacked blocks in slabs; the first block reads its input (``depth`` rows) through ``rows``, whose sources
+    are released once it is done (the decoder's: the first skip and the low-resolution features)."""
     features = _block(blocks[0], rows, depth)
+    getattr(rows, "release", lambda: None)()
     for block in blocks[1:]:
         source = features
         features = _block(block, lambda a, b, source=source: source[:, :, a:b], source.shape[2])
@@ -162,22 +164,26 @@ def lean_forward(network: Any, x: Any) -> Any:
     low = skips[-1]
     for s in range(len(decoder.stages) - 1):
         low = decoder.stages[s](torch.cat((decoder.transpconvs[s](low), skips[-(s + 2)]), 1))
-    rows = _decoder_rows(decoder.transpconvs[-1], factor, low, skips[0])
+    rows = _DecoderRows(decoder.transpconvs[-1], factor, low, skips[0])
     depth = skips[0].shape[2]
-    del skips, low
+    del skips, low  # from here the rows hold them, until the stage's first block is done
     features = _stage(last, rows, depth)
-    del rows  # the first skip and the decoder's low-resolution features go with it
     return _conv_slabs(decoder.seg_layers[-1], lambda a, b: features[:, :, a:b], depth)
 
 
-def _decoder_rows(transpconv: Any, factor: int, low: Any, skip: Any) -> Any:
+class _DecoderRows:
     """Rows ``a..b-1`` of the last decoder stage's input: the up-sampled features (from the low-resolution rows
     that cover them) next to the first skip's rows, concatenated one slab at a time."""
-    import torch
 
-    def rows(a: int, b: int) -> Any:
-        first, end = a // factor, -(-b // factor)
-        up = transpconv(low[:, :, first:end])[:, :, a - first * factor : b - first * factor]
-        return torch.cat((up, skip[:, :, a:b].to(up.dtype)), 1)
+    def __init__(self, transpconv: Any, factor: int, low: Any, skip: Any):
+        self.transpconv, self.factor, self.low, self.skip = transpconv, factor, low, skip
 
-    return rows
+    def __call__(self, a: int, b: int) -> Any:
+        import torch
+
+        first, end = a // self.factor, -(-b // self.factor)
+        up = self.transpconv(self.low[:, :, first:end])[:, :, a - first * self.factor : b - first * self.factor]
+        return torch.cat((up, self.skip[:, :, a:b].to(up.dtype)), 1)
+
+    def release(self) -> None:
+        self.low = self.skip = None
