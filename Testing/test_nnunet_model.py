@@ -257,3 +257,28 @@ def test_a_reorienting_reader_is_followed_as_nnunet_follows_it(tmp_path, monkeyp
     print(f"{reader}: agreement {np.mean(ours == reference):.5f}; nnU-Net's label counts {counts.tolist()}")
     assert (counts > 0.02 * reference.size).sum() >= 2
     assert np.mean(ours == reference) >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("shape", "new_shape", "spacing", "new_spacing", "along"),
+    [
+        ((30, 41, 37), (45, 20, 60), (2.0, 1.0, 1.5), (1.33, 2.05, 0.925), "nearest-exact"),
+        ((12, 40, 40), (40, 31, 55), (5.0, 1.0, 1.0), (1.5, 1.29, 0.727), "nearest-exact"),
+        ((40, 30, 30), (12, 45, 45), (1.0, 1.0, 1.0), (3.33, 0.67, 0.67), "linear"),
+    ],
+    ids=["linear-3d", "anisotropic-nearest-exact", "anisotropic-linear"],
+)
+def test_torch_resampling_of_newer_plans_matches_nnunet(shape, new_shape, spacing, new_spacing, along):
+    """Plans naming ``resample_torch_fornnunet`` (torch's linear interpolate) resample as nnU-Net's function does."""
+    from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
+
+    from CTDeepSegLib.formats.nnunet_resampling import resample, resampling_kwargs
+
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=shape).cumsum(0).cumsum(1).astype(np.float32)
+    settings = {"is_seg": False, "force_separate_z": None, "memefficient_seg_resampling": False}
+    reference = resample_torch_fornnunet(data[None], new_shape, spacing, new_spacing, aniso_axis_mode=along, **settings)
+    plans = {"resampling_fn_data": "resample_torch_fornnunet", "resampling_fn_data_kwargs": settings}
+    plans["resampling_fn_data_kwargs"]["aniso_axis_mode"] = along
+    ours = resample(data, new_shape, spacing, new_spacing, resampling_kwargs(plans, "data", "plans.json")).numpy()
+    assert np.abs(ours - reference[0]).max() <= 1e-5 * np.abs(reference).max()

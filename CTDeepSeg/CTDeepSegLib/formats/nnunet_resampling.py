@@ -18,16 +18,27 @@ from ..errors import CTDeepSegError
 
 ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 RESAMPLING = "resample_data_or_seg_to_shape"
+RESAMPLING_TORCH = "resample_torch_fornnunet"  # newer plans (nnU-Net's ResEnc presets with torch resampling)
 
 
 def resampling_kwargs(configuration: dict, key: str, where: str) -> dict:
-    """The plans' resampling arguments for ``key`` ("data" or "probabilities"), refused for other functions."""
+    """The plans' resampling for ``key`` ("data" or "probabilities") as ``Resampler`` arguments: nnU-Net's default
+    (skimage splines) as they are; its torch variant (``resample_torch_fornnunet``: linear, as torch's
+    ``interpolate`` with half-voxel centres, nearest-exact or linear along an anisotropic axis) as the same
+    operator. Other functions, and resampling as a segmentation, are refused."""
     name = configuration.get(f"resampling_fn_{key}", RESAMPLING)
-    if name != RESAMPLING:
-        raise CTDeepSegError(f"{where}: resampling function {name!r} is not supported yet (only {RESAMPLING}).")
     kwargs = dict(configuration.get(f"resampling_fn_{key}_kwargs", {}))
     if kwargs.get("is_seg"):
         raise CTDeepSegError(f"{where}: resampling the {key} as a segmentation is not supported.")
+    if name == RESAMPLING_TORCH:
+        along = {"nearest-exact": 0, "linear": 1}.get(kwargs.get("aniso_axis_mode", "nearest-exact"))
+        if kwargs.get("mode", "linear") != "linear" or along is None:
+            raise CTDeepSegError(f"{where}: {name} with mode {kwargs.get('mode')!r} is not supported yet.")
+        return {"order": 1, "order_z": along, "force_separate_z": kwargs.get("force_separate_z")}
+    if name != RESAMPLING:
+        raise CTDeepSegError(
+            f"{where}: resampling function {name!r} is not supported yet (only {RESAMPLING} and {RESAMPLING_TORCH})."
+        )
     return kwargs
 
 
