@@ -700,15 +700,16 @@ def segment_volume(
     if card["network"].get("class") == "nnUNet":  # nnU-Net's own preprocessing, windows and export
         from .formats.nnunet import segment_nnunet
 
-        if keep_probabilities:
-            raise CTDeepSegError(f"{card.name}: nnU-Net models give labels only; leave out --probabilities.")
-
-        labels, confidence = run_with_fallback(
-            lambda where, size: segment_nnunet(volume, card, network, where, progress, fast), device, 1, notes
+        labels, confidence, probabilities = run_with_fallback(
+            lambda where, size: segment_nnunet(volume, card, network, where, progress, fast, keep_probabilities),
+            device,
+            1,
+            notes,
         )
         progress.update(1.0, "Segmentation done")
         seconds = time.monotonic() - started
-        return SegmentationResult(volume.with_array(labels), None, card, device, seconds, notes, confidence)
+        result = volume.with_array(labels)
+        return SegmentationResult(result, probabilities, card, device, seconds, notes, confidence)
     grid = model_grid(volume, card, crop_to_body)
     box, order, flips = grid.box, grid.order, grid.flips
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])

@@ -385,8 +385,11 @@ def _logits(model: NnunetModel, image: np.ndarray, device: str, progress: Progre
     return total[(slice(None), *inside)]
 
 
-def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, progress: Progress, fast: bool) -> Any:
-    """Labels (k, j, i) on ``volume``'s grid and per-label confidence, as nnU-Net's predictor computes them."""
+def segment_nnunet(
+    volume: Any, card: Any, model: NnunetModel, device: str, progress: Progress, fast: bool, keep: bool = False
+) -> Any:
+    """Labels (k, j, i) on ``volume``'s grid, the per-label confidence and, with ``keep``, every class's
+    probability on that grid (None without), as nnU-Net's predictor computes them."""
     from ..inference import _from_target, _to_target, axis_codes, mask_box, reorientation
 
     where = str(card["network"]["results"])
@@ -411,10 +414,19 @@ def segment_nnunet(volume: Any, card: Any, model: NnunetModel, device: str, prog
     logits = _logits(model, resampled, device, progress.step(0.02, 0.9), fast)
     back = progress.step(0.9, 1.0)
     kwargs = resampling_kwargs(model.configuration, "probabilities", where)
-    labels, confidence = _labels_back(logits, cropped, target, spacing, kwargs, model, back)
-    full = np.zeros(grid, dtype=np.uint8)
-    full[box] = labels
-    return _from_target(full.transpose(np.argsort(transpose)), order, flips), confidence.by_name(card)
+    labels, confidence, kept = _labels_back(logits, cropped, target, spacing, kwargs, model, back, keep)
+    del logits
+
+    def on_input_grid(array: np.ndarray, outside: float = 0) -> np.ndarray:
+        full = np.full(grid, outside, dtype=array.dtype)
+        full[box] = array
+        return np.ascontiguousarray(_from_target(full.transpose(np.argsort(transpose)), order, flips))
+
+    probabilities = None
+    if kept is not None:  # outside the crop: background (softmax channel 0) for certain, as nnU-Net pads it
+        first = 0.0 if model.regions else 1.0
+        probabilities = np.stack([on_input_grid(p, first if c == 0 else 0.0) for c, p in enumerate(kept)])
+    return on_input_grid(labels), confidence.by_name(card), probabilities
 
 
 def _labels_back(
@@ -425,17 +437,20 @@ def _labels_back(
     kwargs: dict,
     model: NnunetModel,
     progress: Progress,
-) -> tuple[np.ndarray, Any]:
-    """nnU-Net's labels on the cropped input grid and the per-label confidence, made a slab of rows at a time
-    from every class's logits resampled to those rows: argmax (the first class wins a tie, as ``torch.argmax``)
-    with the softmax of the winner from a running log-sum-exp, or for regions each sigmoid above 0.5 written in
-    ``regions_class_order``. Whatever the number of classes (TotalSegmentator's have 25 to 118), nothing of
-    full size but the labels, where nnU-Net holds every class resampled, in float64."""
+    keep: bool = False,
+) -> tuple[np.ndarray, Any, Any]:
+    """nnU-Net's labels on the cropped input grid, the per-label confidence and, with ``keep``, every class's
+    probability (softmax, or each region's sigmoid), made a slab of rows at a time from every class's logits
+    resampled to those rows: argmax (the first class wins a tie, as ``torch.argmax``) with the softmax of the
+    winner from a running log-sum-exp, or for regions each sigmoid above 0.5 written in ``regions_class_order``.
+    Without ``keep``, whatever the number of classes (TotalSegmentator's have 25 to 118), nothing of full size
+    but the labels, where nnU-Net holds every class resampled, in float64."""
     import torch
 
     from ..inference import _Confidence
 
     labels = torch.zeros(shape, dtype=torch.uint8)
+    kept = torch.empty((logits.shape[0], *shape)) if keep else None
     confidence = _Confidence()
     with torch.inference_mode():  # the logits are inference tensors
         resamplers = [Resampler(channel, shape, current, new, kwargs) for channel in logits]
@@ -445,6 +460,8 @@ def _labels_back(
             part, best, total = labels[rows], None, None
             for channel, resampler in enumerate(resamplers):
                 values = resampler.rows(rows)
+                if kept is not None:
+                    kept[channel, rows] = values
                 if model.regions:
                     part[torch.sigmoid(values) > 0.5] = model.regions[channel]
                     best = values if best is None else torch.maximum(best, values, out=best)
@@ -455,5 +472,11 @@ def _labels_back(
                     higher = torch.maximum(best, values)
                     total.mul_(best.sub_(higher).exp_()).add_(values.sub_(higher).exp_())
                     best = higher
+            if kept is not None:  # the slab's logits become probabilities in place
+                slab = kept[:, rows]
+                if model.regions:
+                    slab.sigmoid_()
+                else:
+                    slab.sub_(best).exp_().div_(total)
             confidence.add(part, torch.sigmoid(best) if model.regions else total.reciprocal_())
-    return labels.numpy(), confidence
+    return labels.numpy(), confidence, None if kept is None else kept.numpy()
