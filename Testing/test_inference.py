@@ -343,3 +343,20 @@ def test_fast_bfloat16_labels_stay_close_to_full_precision():
         ]
         assert abs(dice[0] - dice[1]) < 0.02 and dice[0] > 0.8, (value, dice)
     assert np.mean(exact == fast) > 0.98
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_labels_and_confidence_of_a_channels_last_slab_match_the_channel_loop(activation):
+    """A slab of a channels-last window sum (classes adjacent in memory) is labelled by one reduction; the labels,
+    ties included, and the winner's probability are those of the loop over contiguous channels."""
+    from CTDeepSegLib.inference import _chosen_probability, _labels_of
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn((1, 6, 5, 7, 9), generator=generator).round()  # rounded: many exact ties
+    slab = logits.contiguous(memory_format=torch.channels_last_3d)[0]
+    plain = logits[0].contiguous()
+    assert slab.stride(0) == 1 and plain.stride(0) != 1
+    cut = 0.5 if activation == "sigmoid" else 0.0
+    assert torch.equal(_labels_of(slab, activation, cut), _labels_of(plain, activation, cut))
+    fast, loop = _chosen_probability(slab, activation, True), _chosen_probability(plain, activation, True)
+    assert torch.allclose(fast, loop, atol=1e-6)

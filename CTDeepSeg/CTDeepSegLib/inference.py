@@ -283,11 +283,21 @@ def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -
     return total
 
 
+def _classes_innermost(scores: Any) -> bool:
+    """Whether the classes of a (C, ...) tensor are adjacent in memory (a channels-last window's)."""
+    return scores.dim() > 1 and scores.shape[0] > 1 and scores.stride(0) == 1
+
+
 def _labels_of(probabilities: Any, activation: str, threshold: float) -> Any:
     """Label per voxel from (C, ...) probabilities: softmax -> argmax; sigmoid -> the most probable channel above
     ``threshold`` (channel c is label c + 1), else 0. A loop over channels: several times faster than argmax(0)."""
     import torch
 
+    if _classes_innermost(probabilities):  # channels-last: one reduction along memory beats the loop
+        top, index = probabilities.max(0)  # the first class wins a tie, as in the loop
+        if activation == "softmax":
+            return index.to(torch.uint8)
+        return torch.where(top > threshold, index + 1, 0).to(torch.uint8)
     if activation == "softmax":
         best, channels, offset = probabilities[0], range(1, probabilities.shape[0]), 0
     else:
@@ -474,6 +484,9 @@ def _along(axis: int, part: slice) -> tuple:
     return tuple(index)
 
 
+_LABEL_PLANES = 8  # planes of a slab labelled at a time
+
+
 def _labels_by_slab(
     network: Any,
     image: Any,
@@ -536,11 +549,14 @@ def _labels_by_slab(
         done = min(stop - low, depth)
         slab = buffer[_along(slab_axis, slice(0, done))]
         slab /= count[_along(slab_axis, slice(low, low + done))]
-        values = _labels_of(slab[0].cpu(), activation, cut)
-        planes = _along(slab_axis, slice(low, low + done))[2:]
-        labels[planes] = values
-        measured = torch.where(inside[planes], values, torch.zeros_like(values))  # not the padding
-        confidence.add(measured, _chosen_probability(slab[0].cpu(), activation, logits=True))
+        for first in range(0, done, _LABEL_PLANES):  # a few planes at a time: small temporaries of every class
+            last = min(first + _LABEL_PLANES, done)
+            part = slab[_along(slab_axis, slice(first, last))][0].cpu()
+            values = _labels_of(part, activation, cut)
+            planes = _along(slab_axis, slice(low + first, low + last))[2:]
+            labels[planes] = values
+            measured = torch.where(inside[planes], values, torch.zeros_like(values))  # not the padding
+            confidence.add(measured, _chosen_probability(part, activation, logits=True))
         for plane in range(depth - done):  # forward, plane by plane: the source is always ahead of the target
             buffer[_along(slab_axis, slice(plane, plane + 1))] = buffer[
                 _along(slab_axis, slice(plane + done, plane + done + 1))
@@ -559,16 +575,18 @@ def _labels_by_slab(
                 chunk = group[first : first + batch]
                 progress.update(windows.index(chunk[0]) / len(windows), f"Segmenting ({device})")
                 data = torch.cat([image[(slice(None), slice(None), *window)] for window in chunk]).to(device)
-                output = network(data.contiguous(memory_format=torch.channels_last_3d)).float()
-                output = output.mul_(weight).to(stitch)
-                if buffer is None:
+                output = network(data.contiguous(memory_format=torch.channels_last_3d)).to(stitch)
+                if buffer is None:  # channels-last like the network's output: the sums run along memory
                     shape = list(size)
                     shape[slab_axis] = depth
                     buffer = torch.zeros((1, output.shape[1], *shape), device=stitch)
+                    buffer = buffer.contiguous(memory_format=torch.channels_last_3d)
+                    weighting = weight.to(stitch)
                 for window, values in zip(chunk, output):
                     place = list(window)
                     place[slab_axis] = slice(window[slab_axis].start - low, window[slab_axis].stop - low)
-                    buffer[(slice(None), slice(None), *place)] += values[None]
+                    # weighted and added in one float32 pass (the bfloat16 of --fast widened on the way)
+                    buffer[(slice(None), slice(None), *place)].addcmul_(values[None], weighting)
         while low < size[slab_axis]:
             finish(size[slab_axis])
     labels = labels[crop]
@@ -605,6 +623,8 @@ def _chosen_probability(scores: Any, activation: str, logits: bool) -> Any:
         return top
     if activation == "sigmoid":
         return torch.sigmoid(top)
+    if _classes_innermost(scores):  # a few planes of a channels-last slab: the classes at once
+        return 1.0 / (scores - top).exp_().sum(0)
     total = torch.zeros_like(top)
     for channel in scores:
         total += torch.exp(channel - top)
