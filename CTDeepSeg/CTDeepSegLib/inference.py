@@ -484,7 +484,7 @@ def _along(axis: int, part: slice) -> tuple:
     return tuple(index)
 
 
-_LABEL_PLANES = 8  # planes of a slab labelled at a time
+_LABEL_PLANES = 4  # planes of a slab labelled at a time (a temporary of every class for them)
 
 
 def _labels_by_slab(
@@ -579,8 +579,9 @@ def _labels_by_slab(
                 if buffer is None:  # channels-last like the network's output: the sums run along memory
                     shape = list(size)
                     shape[slab_axis] = depth
-                    buffer = torch.zeros((1, output.shape[1], *shape), device=stitch)
-                    buffer = buffer.contiguous(memory_format=torch.channels_last_3d)
+                    channels_last = torch.channels_last_3d
+                    buffer = torch.empty((1, output.shape[1], *shape), device=stitch, memory_format=channels_last)
+                    buffer.zero_()
                     weighting = weight.to(stitch)
                 for window, values in zip(chunk, output):
                     place = list(window)
