@@ -10,7 +10,7 @@ The prediction is nnU-Net's (``nnUNetPredictor``): crop to the non-zero voxels (
 input grid (CT: clip to the dataset's 0.5 / 99.5 foreground percentiles, z-score with its mean and std; z-score
 per image otherwise, inside the non-zero mask when the plans say so), resample with spline order 3 in-plane and
 nearest along an anisotropic axis (``nnunet_resampling``: the same operator as matrix products), a Gaussian
-sliding window with nnU-Net's steps (``nnunet_forward``: the network's own arithmetic in a third of the memory),
+sliding window with nnU-Net's steps (``nnunet_forward``: the network's own arithmetic in half the memory),
 mirrored test-time augmentation on the axes the checkpoint allows, the folds' logits averaged, logits resampled
 back (linear, nearest along the anisotropic axis), argmax (or the regions' sigmoids in their order) and pasted
 into the crop. Two deliberate differences: the windows are stitched in float32 (nnU-Net uses float16 on every

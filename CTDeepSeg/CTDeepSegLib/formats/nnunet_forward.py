@@ -1,5 +1,5 @@
-"""An nnU-Net U-Net's forward pass with the full-resolution layers run in slabs: the same arithmetic, a third of
-the memory.
+"""An nnU-Net U-Net's forward pass with the full-resolution layers run in slabs: the same arithmetic, less than
+half the memory.
 
 At full resolution a U-Net window holds its first skip, the up-sampled decoder features, their concatenation,
 each convolution's output, each normalisation's output and oneDNN's reordered copies of the inputs at once
@@ -7,7 +7,8 @@ each convolution's output, each normalisation's output and oneDNN's reordered co
 encoder's and the last decoder stage's convolutions are computed slab by slab along the first axis (a
 convolution only needs the input rows its kernel covers), the concatenation exists only one slab at a time, and
 normalisation and the non-linearity are applied in place, channel by channel, with their statistics in float32.
-Only the first skip and one full-resolution feature map are ever whole.
+Besides the first skip, only the input and output of the convolution being computed are ever whole (measured
+on that window: 0.76 GB instead of 1.66 GB in float32, 0.40 instead of 0.86 in bfloat16).
 
 Anything else (residual encoders, deep supervision, layers not listed in ``_lean_block``) runs through the
 modules' own forward, so the result never depends on this shortcut being taken.
