@@ -526,10 +526,10 @@ def _labels_by_slab(
     windows = dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3), return_slice=True)
     weight = compute_importance_map(
         get_valid_patch_size(size, roi), mode=card.get("blend", "gaussian"), sigma_scale=0.125, device=device
-    )[None, None].to(image.dtype)
+    )[None, None].to(device=stitch, dtype=image.dtype)
     count = torch.zeros((1, 1, *size), dtype=image.dtype, device=stitch)
     for window in windows:
-        count[(slice(None), slice(None), *window)] += weight.to(stitch)
+        count[(slice(None), slice(None), *window)] += weight
     activation = card.get("activation", "softmax")
     threshold = float(card.get("threshold", 0.5))
     cut = _logit(threshold) if activation == "sigmoid" else threshold
@@ -582,12 +582,11 @@ def _labels_by_slab(
                     channels_last = torch.channels_last_3d
                     buffer = torch.empty((1, output.shape[1], *shape), device=stitch, memory_format=channels_last)
                     buffer.zero_()
-                    weighting = weight.to(stitch)
                 for window, values in zip(chunk, output):
                     place = list(window)
                     place[slab_axis] = slice(window[slab_axis].start - low, window[slab_axis].stop - low)
                     # weighted and added in one float32 pass (the bfloat16 of --fast widened on the way)
-                    buffer[(slice(None), slice(None), *place)].addcmul_(values[None], weighting)
+                    buffer[(slice(None), slice(None), *place)].addcmul_(values[None], weight)
         while low < size[slab_axis]:
             finish(size[slab_axis])
     labels = labels[crop]
