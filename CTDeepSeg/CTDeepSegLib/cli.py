@@ -456,6 +456,24 @@ def command_finetune(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_train_real(arguments: argparse.Namespace) -> int:
+    from .real_training import RealRecipe, train_real_segmenter
+
+    recipe = RealRecipe(seed=arguments.seed, iterations=arguments.iterations, hold_out=arguments.hold_out)
+    card = train_real_segmenter(Path(arguments.output), recipe, Progress(_print_progress))
+    scores = card["validation"]["validation_phantoms"]["dice"]
+    print(
+        f"Wrote model {card.name} to {card.folder}; phantom validation Dice: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+    )
+    if held := card["validation"].get("held_out_case"):
+        figures = ", ".join(
+            f"{name} Dice {row['dice']:.3f} HD95 {row['hd95_mm']} mm" for name, row in held["structures"].items()
+        )
+        print(f"Held-out case {held['case']}: {figures}")
+    return 0
+
+
 def command_train_detector(arguments: argparse.Namespace) -> int:
     from .detector_training import DetectorRecipe, train_detector
 
@@ -667,6 +685,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, default=2400)
     train.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
     train.set_defaults(handler=command_train)
+
+    real = commands.add_parser(
+        "train-real", help="train the CT segmenter on phantoms and the real training cases (fetch-cases first)"
+    )
+    real.add_argument("-o", "--output", required=True, help="new model folder")
+    real.add_argument("--seed", type=int, default=0)
+    real.add_argument("--iterations", type=int, default=2000)
+    real.add_argument("--hold-out", help="leave this case out (ts_ct, ts_cta or lung2) and report its figures")
+    real.set_defaults(handler=command_train_real)
 
     export = commands.add_parser("export", help="add a corrected image/label pair to a training dataset folder")
     export.add_argument("image", help="the image volume")

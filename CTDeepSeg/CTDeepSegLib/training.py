@@ -75,7 +75,7 @@ def recipe_phantoms(rng: np.random.Generator, spacing: float, count: int, progre
         yield recipe_phantom(rng, spacing)
 
 
-def _crop(image: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Generator):
+def random_patch(image: np.ndarray, labels: np.ndarray, patch: int, rng: np.random.Generator):
     if rng.random() < 0.6:
         value = rng.choice([1, 2, 3, 4, 4, 4])
         where = np.argwhere(labels == value)
@@ -140,7 +140,7 @@ def train_segmenter(output: Path, recipe: Recipe | None = None, progress: Progre
     losses = []
     for iteration in range(1, recipe.iterations + 1):
         network.train()
-        pairs = [_crop(*train[rng.integers(len(train))], recipe.patch, rng) for _ in range(recipe.batch)]
+        pairs = [random_patch(*train[rng.integers(len(train))], recipe.patch, rng) for _ in range(recipe.batch)]
         images = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).float()
         images = images * float(rng.uniform(0.95, 1.05)) + float(rng.uniform(-0.02, 0.02))
         targets = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64))

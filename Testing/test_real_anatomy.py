@@ -1,0 +1,129 @@
+"""Real anatomy for the segmenter's recipe: the partial-label loss, lungs from HU, inserted lesions, the widened
+start, and the real cases' labels mapped onto the model's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from CTDeepSegLib.errors import CTDeepSegError
+from CTDeepSegLib.phantom import make_phantom
+from CTDeepSegLib.real_anatomy import (
+    KIDNEY,
+    LESION,
+    LIVER,
+    LUNG,
+    SPLEEN,
+    annotated_case,
+    insert_lesions,
+    lungs_from_hu,
+    marginal_dice_ce,
+)
+from CTDeepSegLib.volume import Volume
+
+WINDOW = (-1000.0, 500.0)
+
+
+def _hu(value: float) -> float:
+    return (value - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+
+
+def test_with_every_class_known_the_loss_is_monais_dice_ce():
+    from monai.losses import DiceCELoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 12, 12, 12, generator=generator)
+    target = torch.randint(0, 7, (2, 1, 12, 12, 12), generator=generator)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, target)
+    actual = marginal_dice_ce(logits, target, torch.ones(2, 7, dtype=torch.bool))
+    assert float(actual) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_an_unlabelled_class_costs_nothing_where_the_case_says_background():
+    target = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    target[..., 2:5, 2:5, 2:5] = LUNG
+    logits = torch.full((1, 7, 8, 8, 8), -30.0)
+    logits[:, SPLEEN] = 10.0  # "spleen" wherever the case says background
+    logits[:, LUNG, 2:5, 2:5, 2:5] = 20.0  # and the lung right
+    everything = torch.ones(1, 7, dtype=torch.bool)
+    without_spleen = everything.clone()
+    without_spleen[0, SPLEEN] = False
+    assert float(marginal_dice_ce(logits, target, everything)) > 1.0  # a fully labelled case: a gross error
+    assert float(marginal_dice_ce(logits, target, without_spleen)) < 0.01  # spleen may hide in its background
+    logits[:, LUNG] = -30.0  # missing the labelled lung still costs, spleen unknown or not
+    assert float(marginal_dice_ce(logits, target, without_spleen)) > 1.0
+
+
+def test_widened_start_keeps_the_old_classes_logits_exactly():
+    from monai.networks.nets import UNet
+
+    from CTDeepSegLib.real_training import _widened_start
+
+    arguments = {"spatial_dims": 3, "in_channels": 1, "channels": [4, 8], "strides": [2], "num_res_units": 2}
+    torch.manual_seed(0)
+    start, wide = UNet(**arguments, out_channels=5).eval(), UNet(**arguments, out_channels=7).eval()
+    _widened_start(wide, start.state_dict())
+    image = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        old, new = start(image), wide(image)
+    assert torch.equal(old, new[:, :5])
+    assert float(new[:, 5:].abs().mean()) > 1e-3  # the new classes are not dead
+
+
+def test_lungs_from_hu_find_a_phantoms_lungs_and_none_below_the_chest():
+    phantom = make_phantom(shape=(60, 96, 96), spacing=(3.5, 3.5, 5.0), seed=3, lung_lesions=2)
+    lungs = lungs_from_hu(phantom.image)
+    reference = phantom.labels.array == LUNG
+    dice = 2 * np.count_nonzero(lungs & reference) / (np.count_nonzero(lungs) + np.count_nonzero(reference))
+    assert dice > 0.95
+    abdomen = np.flatnonzero(reference.any(axis=(1, 2)))[0]  # slices below the lungs
+    below = Volume(phantom.image.array[:abdomen].copy(), phantom.image.spacing)
+    assert not lungs_from_hu(below).any()
+
+
+def test_inserted_lesions_stay_inside_their_organ_with_a_soft_edge():
+    rng = np.random.default_rng(4)
+    labels = np.zeros((48, 48, 48), np.int64)
+    labels[4:44, 4:24, 4:44] = LUNG
+    labels[4:44, 24:44, 4:44] = LIVER
+    image = np.where(labels == LUNG, _hu(-850), _hu(60)).astype(np.float32)
+    image[labels == 0] = _hu(-1000)
+    before_image, before_labels = image.copy(), labels.copy()
+    assert insert_lesions(image, labels, 2.0, WINDOW, rng, count=4) == 4
+    lesion = labels == LESION
+    assert lesion.any() and np.all(np.isin(before_labels[lesion], [LUNG, LIVER]))
+    assert np.array_equal(image[before_labels == 0], before_image[before_labels == 0])  # nothing outside organs
+    lung_lesion = lesion & (before_labels == LUNG)
+    if lung_lesion.any():
+        assert -200 < np.median(image[lung_lesion]) * 1500 - 1000 < 100  # solid nodule density
+    changed = (np.abs(image - before_image) > 1e-3) & ~lesion
+    assert changed.any()  # a partial-volume rim outside the label
+
+    empty = np.zeros_like(labels)
+    flat = np.full(labels.shape, _hu(40), np.float32)
+    assert insert_lesions(flat, empty, 2.0, WINDOW, rng) == 0 and np.all(flat == np.float32(_hu(40)))
+
+
+def test_cases_that_may_not_train_are_refused():
+    for name in ("liver117", "ts_ct_dicom"):
+        with pytest.raises(CTDeepSegError, match="may not be used for training"):
+            annotated_case(name)
+
+
+@pytest.mark.realdata
+def test_real_training_cases_carry_the_labels_they_annotate():
+    from CTDeepSegLib.real_cases import fetch_cases
+
+    fetch_cases()
+    ts_ct = annotated_case("ts_ct")
+    assert ts_ct.known == {LUNG, LIVER, 3, SPLEEN, KIDNEY} and ts_ct.lung_reference == "silver"
+    assert np.count_nonzero(ts_ct.labels.array == LIVER) == 41692  # TotalSegmentator's liver, unchanged
+    assert np.count_nonzero(ts_ct.labels.array == KIDNEY) > 9000  # both kidneys
+    lung2 = annotated_case("lung2")
+    litres = np.count_nonzero(lung2.labels.array == LUNG) * lung2.image.voxel_volume_mm3 / 1e6
+    assert lung2.known == {LUNG, LESION} and 3.5 < litres < 4.5
+    assert np.count_nonzero(lung2.labels.array == LESION) > 0
+    cta = annotated_case("ts_cta")
+    litres = np.count_nonzero(cta.labels.array == LUNG) * cta.image.voxel_volume_mm3 / 1e6
+    assert cta.known == {LUNG} and 2.5 < litres < 3.2 and cta.lung_reference == "HU"
