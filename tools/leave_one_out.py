@@ -18,11 +18,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CTDeepSeg"))
 
+import numpy as np  # noqa: E402
+
+from CTDeepSegLib.inference import segment_volume  # noqa: E402
 from CTDeepSegLib.jobs import Progress  # noqa: E402
+from CTDeepSegLib.metrics import compare_labels  # noqa: E402
 from CTDeepSegLib.model_paths import SHIPPED_MODELS  # noqa: E402
 from CTDeepSegLib.model_store import load_model  # noqa: E402
+from CTDeepSegLib.phantom import LABELS  # noqa: E402
 from CTDeepSegLib.real_anatomy import TRAINING_CASES  # noqa: E402
 from CTDeepSegLib.real_training import RealRecipe, evaluate_on_case, train_real_segmenter  # noqa: E402
+from CTDeepSegLib.training import recipe_phantom  # noqa: E402
+
+PHANTOM_SEEDS = range(90_001, 90_006)  # the held-out phantoms of the phantom model's card
+INDEPENDENT_CASES = ("ts_ct_dicom", "liver117")  # evaluation only: reported, never used to choose
+
+
+def phantom_dice(card, network) -> dict[str, float]:
+    """Mean Dice per phantom label over the held-out phantom seeds."""
+    scores = []
+    for seed in PHANTOM_SEEDS:
+        phantom = recipe_phantom(np.random.default_rng(seed), card["spacing"][0])
+        labels = segment_volume(phantom.image, card, network, device="cpu").labels
+        scores.append({m.name: m.dice for m in compare_labels(labels, phantom.labels, dict(LABELS))})
+    return {name: round(float(np.mean([s[name] for s in scores])), 3) for name in LABELS.values()}
 
 
 def main() -> int:
@@ -60,7 +79,20 @@ def main() -> int:
         train_real_segmenter(
             arguments.output / "all-cases", RealRecipe(seed=arguments.seed, iterations=arguments.iterations), report
         )
-    (arguments.output / "leave_one_out.json").write_text(json.dumps(rows, indent=2))
+    final = {}
+    if (arguments.output / "all-cases").exists():
+        card, network = load_model(arguments.output / "all-cases")
+        final = {
+            "phantoms": {"new": phantom_dice(card, network), "old": phantom_dice(old_card, old_network)},
+            "independent": {
+                case: {
+                    "new": evaluate_on_case(card, network, case),
+                    "old": evaluate_on_case(old_card, old_network, case),
+                }
+                for case in INDEPENDENT_CASES
+            },
+        }
+    (arguments.output / "leave_one_out.json").write_text(json.dumps({"folds": rows, "all_cases": final}, indent=2))
     print("| held-out case | structure | reference | Dice | HD95 (mm) | phantom model's Dice | HD95 (mm) |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
@@ -69,6 +101,16 @@ def main() -> int:
             f"| {row['case']} | {row['structure']} | {row['reference']} | {row['dice']:.3f} | {row['hd95_mm']} |"
             f" {'-' if before['dice'] is None else format(before['dice'], '.3f')} | {before['hd95_mm']} |"
         )
+    if final:
+        print("\nHeld-out phantoms, mean Dice (new / phantom model):")
+        for name in LABELS.values():
+            print(f"  {name}: {final['phantoms']['new'][name]:.3f} / {final['phantoms']['old'][name]:.3f}")
+        print("\nIndependent cases (never used to train, tune or choose), Dice and HD95 (new / phantom model):")
+        for case, figures in final["independent"].items():
+            for structure, row in figures["new"].items():
+                old = figures["old"].get(structure, {"dice": float("nan"), "hd95_mm": None})
+                new_text = f"{row['dice']:.3f} ({row['hd95_mm']} mm)"
+                print(f"  {case} {structure}: {new_text} / {old['dice']:.3f} ({old['hd95_mm']} mm)")
     return 0
 
 

@@ -477,7 +477,12 @@ def command_train_real(arguments: argparse.Namespace) -> int:
 def command_train_detector(arguments: argparse.Namespace) -> int:
     from .detector_training import DetectorRecipe, train_detector
 
-    recipe = DetectorRecipe(seed=arguments.seed, iterations=arguments.iterations, train_phantoms=arguments.phantoms)
+    recipe = DetectorRecipe(
+        seed=arguments.seed,
+        iterations=arguments.iterations,
+        train_phantoms=arguments.phantoms,
+        real_backgrounds=tuple(arguments.real_backgrounds),
+    )
     card = train_detector(Path(arguments.output), recipe, Progress(_print_progress))
     figures = card["validation"]["validation_phantoms"]
     print(f"Wrote detector {card.name} to {card.folder}; validation CPM {figures['cpm']:.3f}")
@@ -726,6 +731,13 @@ def build_parser() -> argparse.ArgumentParser:
     train_det.add_argument("--seed", type=int, default=0)
     train_det.add_argument("--iterations", type=int, default=1200)
     train_det.add_argument("--phantoms", type=int, default=24, help="training phantoms (3 more are held out)")
+    train_det.add_argument(
+        "--real-backgrounds",
+        nargs="*",
+        default=[],
+        metavar="CASE",
+        help="real CTs (ts_ct, ts_cta) to insert lesions into as training backgrounds (fetch-cases first)",
+    )
     train_det.set_defaults(handler=command_train_detector)
 
     click = commands.add_parser("click", help="segment the object at include points (or in a box), refined by clicks")

@@ -6,8 +6,13 @@ seed exactly as for the segmenter (varied anatomy, noise, blur, contrast phase, 
 2.5D axial slices; each lesion's cross-section on a slice is a true 2D box. The Faster R-CNN learns from
 batches of slices (two in three holding a lesion) with random flips and intensity jitter; every
 ``validate_every`` steps the whole pipeline (detection, linking, NMS) runs on held-out phantoms and the
-checkpoint with the best CPM is kept. Real scans are not used: the liver case is evaluation-only, and the
-single lung2 lesion would teach little while removing the only real chest case from the evaluation.
+checkpoint with the best CPM is kept.
+
+``--real-backgrounds ts_ct ts_cta`` adds real CT backgrounds (``real_anatomy``): each is put on the model's grid
+and copied ``real_copies`` times with lesions inserted into its lungs and liver (soft partial-volume edges, the
+scan's own noise), so that vessels, bronchi and bowel are seen as negatives; ``real_fraction`` of the slices
+come from them. lung2 is never a training background: its real lesion, and its lungs with inserted lesions, are
+the held-out real evaluation (``real_detection_figures``); the liver case is evaluation-only.
 """
 
 from __future__ import annotations
@@ -37,19 +42,25 @@ class DetectorRecipe:
     learning_rate: float = 1e-3
     validate_every: int = 300
     window: tuple[float, float] = (-1000.0, 500.0)
+    real_backgrounds: tuple[str, ...] = ()
+    real_copies: int = 6
+    real_fraction: float = 0.5
 
 
 def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
     """The card of a detector trained by ``recipe`` (weights and figures added when saved)."""
+    trained_on = (
+        "on CTDeepSeg's synthetic phantoms and real CT backgrounds with inserted lesions"
+        if recipe.real_backgrounds
+        else "only on CTDeepSeg's synthetic phantoms"
+    )
     return {
-        "name": "ctdeepseg-phantom-detector",
-        "version": "1.0.0",
+        "name": "ctdeepseg-ct-detector" if recipe.real_backgrounds else "ctdeepseg-phantom-detector",
+        "version": "2.0.0" if recipe.real_backgrounds else "1.0.0",
         "task": "detection",
         "modality": "CT",
-        "description": (
-            "Demonstration lesion detector (lung nodules, liver lesions) on CT, trained only on CTDeepSeg's "
-            "synthetic phantoms. Not for clinical use."
-        ),
+        "description": f"Demonstration lesion detector (lung nodules, liver lesions) on CT, trained {trained_on}. "
+        "Not for clinical use.",
         "labels": [{"value": 1, "name": "lesion", "colour": list(LABEL_COLOURS[LESION]), "snomed": SNOMED["lesion"]}],
         "network": {"class": "CTDeepSegFasterRCNN", "args": args},
         "spacing": [recipe.spacing_mm] * 3,
@@ -85,6 +96,28 @@ def _on_model_grid(phantom, card: dict):
     return image, slice_boxes(lesions)
 
 
+def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator, lesions: int = 8) -> list:
+    """``copies`` versions of a real case on the model's grid, each with up to ``lesions`` lesions inserted
+    into its lungs and liver: (normalised image tensor, per-slice boxes) like ``_on_model_grid``."""
+    import torch
+
+    from .inference import model_grid
+    from .real_anatomy import LESION as INSERTED
+    from .real_anatomy import annotated_case, insert_lesions
+
+    case = annotated_case(name)
+    grid = model_grid(case.image, card)
+    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
+    organs = grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
+    organs[organs == INSERTED] = 0  # a case's own lesions are not inserted ones
+    made = []
+    for _ in range(copies):
+        copy, labels = image.copy(), organs.copy()
+        insert_lesions(copy, labels, float(card["spacing"][0]), tuple(card["normalisation"]["window"]), rng, lesions)
+        made.append((torch.from_numpy(np.clip(copy, 0.0, 1.0)), slice_boxes(labels == INSERTED)))
+    return made
+
+
 def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress: Progress | None = None):
     """Train by ``recipe`` (default: the shipped detector's) and write the model folder; returns its card."""
     import torch
@@ -108,8 +141,11 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
             train.append(_on_model_grid(phantom, card))
         else:
             validation.append(phantom)
-    samples = [(case, k) for case, (_, boxes) in enumerate(train) for k in range(len(boxes))]
-    positives = [(case, k) for case, k in samples if len(train[case][1][k])]
+    real = [copy for name in recipe.real_backgrounds for copy in lesion_copies(name, card, recipe.real_copies, rng)]
+    pools = []
+    for volumes in (train, real):
+        samples = [(volumes, case, k) for case, (_, boxes) in enumerate(volumes) for k in range(len(boxes))]
+        pools.append((samples, [(v, case, k) for v, case, k in samples if len(v[case][1][k])]))
 
     network = build_detector(args)
     optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
@@ -120,9 +156,10 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
         network.train()
         images, targets = [], []
         for _ in range(recipe.batch):
+            samples, positives = pools[1] if real and rng.random() < recipe.real_fraction else pools[0]
             pool = positives if rng.random() < 2 / 3 else samples
-            case, k = pool[rng.integers(len(pool))]
-            image, boxes = train[case][0], torch.from_numpy(train[case][1][k].copy())
+            volumes, case, k = pool[rng.integers(len(pool))]
+            image, boxes = volumes[case][0], torch.from_numpy(volumes[case][1][k].copy())
             stack = slice_stack(image, k) * float(rng.uniform(0.95, 1.05)) + float(rng.uniform(-0.03, 0.03))
             width = stack.shape[-1]
             if rng.random() < 0.5:
@@ -150,8 +187,14 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
                 best = (result.cpm, state, {"iteration": iteration, **result.to_dict()})
     card["provenance"] = {
         "recipe": {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(recipe).items()},
-        "command": f"ctdeepseg train-detector -o FOLDER --seed {recipe.seed} --iterations {recipe.iterations}",
-        "data": "synthetic phantoms from CTDeepSegLib.phantom (no patient data)",
+        "command": f"ctdeepseg train-detector -o FOLDER --seed {recipe.seed} --iterations {recipe.iterations}"
+        + (f" --real-backgrounds {' '.join(recipe.real_backgrounds)}" if recipe.real_backgrounds else ""),
+        "data": "synthetic phantoms from CTDeepSegLib.phantom"
+        + (
+            f" and real CT backgrounds {', '.join(recipe.real_backgrounds)} with inserted lesions"
+            if recipe.real_backgrounds
+            else " (no patient data)"
+        ),
         "software": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -163,3 +206,63 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
     card["validation"] = {"validation_phantoms": best[2]}
     progress.update(1.0, "Saving model")
     return save_model(output, card, best[1], overwrite=False)
+
+
+def _lung2_with_inserted_lesions(card: dict, copies: int, seed: int) -> list:
+    """lung2 on the model's grid in HU, ``copies`` times with lesions inserted (its real lesion kept), and the
+    label volumes of all their lesions: held-out real backgrounds for FROC (never trained on)."""
+    from .inference import model_grid
+    from .real_anatomy import LESION as INSERTED
+    from .real_anatomy import evaluation_case, insert_lesions
+    from .volume import Volume
+
+    rng = np.random.default_rng(seed)
+    case = evaluation_case("lung2")
+    grid = model_grid(case.image, card)
+    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
+    labels = grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
+    low, high = card["normalisation"]["window"]
+    spacing = np.asarray(card["spacing"], dtype=np.float64)
+    made = []
+    for _ in range(copies):
+        copy, lesions = image.copy(), labels.copy()
+        insert_lesions(copy, lesions, float(spacing[0]), (low, high), rng, count=8)
+        hu = Volume(np.clip(copy, 0.0, 1.0) * np.float32(high - low) + np.float32(low), spacing)
+        made.append((hu, hu.with_array((lesions == INSERTED).astype(np.uint8))))
+    return made
+
+
+def real_detection_figures(card, network, copies: int = 4, seed: int = 7) -> dict:
+    """A detector's figures on real CT: lung2's real lesion (its rank among all candidates and the findings at
+    the card's threshold), FROC on lung2 with inserted lesions (held-out background), and liver117's tumours
+    of at least 100 voxels (evaluation only)."""
+    from .detector import detect_volume
+    from .froc import centre_inside, froc, truth_boxes
+    from .real_anatomy import LESION as REAL
+    from .real_anatomy import evaluation_case
+
+    threshold = float(card["detection"]["score_threshold"])
+    figures = {}
+    lung2 = evaluation_case("lung2")
+    found = detect_volume(lung2.image, card, network, "cpu", threshold=0.0)
+    truth = truth_boxes(lung2.labels, [REAL])
+    ranked = sorted(found.candidates, key=lambda box: -box.score)
+    rank = next((n for n, box in enumerate(ranked, 1) if any(centre_inside(box, t) for t in truth)), None)
+    figures["lung2"] = {
+        "lesion_rank": rank,
+        "findings_at_threshold": sum(box.score >= threshold for box in ranked),
+        "froc": froc({"lung2": found.candidates}, {"lung2": truth}).to_dict(),
+    }
+    predictions, truths = {}, {}
+    for number, (image, lesions) in enumerate(_lung2_with_inserted_lesions(dict(card.data), copies, seed)):
+        predictions[str(number)] = detect_volume(image, card, network, "cpu", threshold=0.0).candidates
+        truths[str(number)] = truth_boxes(lesions, [1])
+    figures["lung2_inserted"] = froc(predictions, truths).to_dict()
+    liver = evaluation_case("liver117")
+    found = detect_volume(liver.image, card, network, "cpu", threshold=0.0)
+    truth = truth_boxes(liver.image.with_array((liver.labels.array == REAL).astype(np.uint8)), [1], 100.0)
+    figures["liver117"] = {
+        "findings_at_threshold": sum(box.score >= threshold for box in found.candidates),
+        "froc": froc({"liver117": found.candidates}, {"liver117": truth}).to_dict(),
+    }
+    return figures

@@ -51,7 +51,7 @@ class AnnotatedCase:
     image: Volume
     labels: Volume
     known: frozenset[int]
-    lung_reference: str  # "silver" (TotalSegmentator) or "HU" (lungs_from_hu, a bronze standard)
+    lung_reference: str  # "silver" (TotalSegmentator), "HU" (lungs_from_hu, a bronze standard) or "none"
 
 
 def lungs_from_hu(image: Volume, threshold: float = -400.0) -> np.ndarray:
@@ -82,17 +82,23 @@ def lungs_from_hu(image: Volume, threshold: float = -400.0) -> np.ndarray:
 
 
 def annotated_case(name: str) -> AnnotatedCase:
-    """One of ``TRAINING_CASES`` (or any case allowed for training) with its labels mapped onto MODEL_LABELS."""
+    """One of ``TRAINING_CASES`` with its labels mapped onto MODEL_LABELS; cases not allowed for training
+    (the liver package's, the reserved DICOM series) are refused."""
+    if name in CASES and not CASES[name].training_allowed:
+        raise CTDeepSegError(f"Case {name!r} may not be used for training ({CASES[name].licence}).")
+    return evaluation_case(name)
+
+
+def evaluation_case(name: str) -> AnnotatedCase:
+    """Any real CT case with its reference labels mapped onto MODEL_LABELS, for measuring a model on it."""
     if name not in CASES:
         raise CTDeepSegError(f"Unknown case {name!r}; the real training cases are {', '.join(TRAINING_CASES)}.")
-    if not CASES[name].training_allowed:
-        raise CTDeepSegError(f"Case {name!r} may not be used for training ({CASES[name].licence}).")
     image, label, record = load_case(name)
     if record["modality"] != "CT":
-        raise CTDeepSegError(f"Case {name!r} is {record['modality']}; the segmenter is trained on CT.")
+        raise CTDeepSegError(f"Case {name!r} is {record['modality']}; the segmenter is made for CT.")
     source = label.array
     mapped = np.zeros(source.shape, np.uint8)
-    if name == "ts_ct":
+    if name in ("ts_ct", "ts_ct_dicom"):
         for value, target in _TOTAL_TO_MODEL.items():
             mapped[source == value] = target
         known, reference = {LUNG, LIVER, SPINE, SPLEEN, KIDNEY}, "silver"
@@ -103,8 +109,12 @@ def annotated_case(name: str) -> AnnotatedCase:
     elif name == "ts_cta":
         mapped[lungs_from_hu(image)] = LUNG
         known, reference = {LUNG}, "HU"
+    elif name == "liver117":
+        mapped[source == 1] = LIVER
+        mapped[source == 2] = LESION
+        known, reference = {LIVER, LESION}, "none"
     else:
-        raise CTDeepSegError(f"No label mapping for case {name!r}; the real training cases are {TRAINING_CASES}.")
+        raise CTDeepSegError(f"No label mapping for case {name!r}.")
     return AnnotatedCase(name, image, image.with_array(mapped), frozenset(known), reference)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import CTDeepSegError
 from .jobs import Progress
-from .real_anatomy import LESION, MODEL_LABELS, TRAINING_CASES, annotated_case, insert_lesions
+from .real_anatomy import LESION, MODEL_LABELS, TRAINING_CASES, annotated_case, evaluation_case, insert_lesions
 from .training import SNOMED, dice_per_label, random_patch, recipe_phantoms
 
 START_FROM = "ctdeepseg-phantom-ct"
@@ -132,7 +132,7 @@ def evaluate_on_case(card, network, name: str) -> dict[str, dict]:
     from .inference import segment_volume
     from .metrics import compare_masks
 
-    case = annotated_case(name)
+    case = evaluation_case(name)
     result = segment_volume(case.image, card, network, device="cpu")
     rows = {}
     for value in sorted(case.known):
