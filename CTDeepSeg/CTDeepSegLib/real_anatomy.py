@@ -142,8 +142,9 @@ def insert_lesions(
 ) -> int:
     """Insert up to ``count`` lesions, in place, into the lungs or liver of a crop on the model's grid
     (``image`` normalised by the CT ``window``): solid nodules (-100 to 60 HU) in lungs, hypo- or hyperdense
-    lesions in the liver, 3-15 mm in radius, with a partial-volume edge and noise like the tissue around them.
-    Returns how many were inserted (none where the crop holds too little lung or liver)."""
+    lesions in the liver, 3-25 mm (lung) or 3-20 mm (liver) in radius, half of them against the organ's wall
+    (tumours abutting the pleura or the liver capsule), with a partial-volume edge and noise like the tissue
+    around them. Returns how many were inserted (none where the crop holds too little lung or liver)."""
     low, high = window
     scale = high - low
     inserted = 0
@@ -155,8 +156,15 @@ def insert_lesions(
             where = np.argwhere(labels == organ)
             if len(where) < 200:
                 break
+        if rng.random() < 0.5:  # against the organ's wall (juxtapleural, subcapsular): a half-ball
+            from scipy import ndimage
+
+            organ_mask = labels == organ
+            wall = np.argwhere(organ_mask & ~ndimage.binary_erosion(organ_mask, border_value=1))
+            where = wall if len(wall) else where
         centre = where[rng.integers(len(where))].astype(np.float32)
-        radii = rng.uniform(3.0, 15.0) / spacing_mm * rng.uniform(0.75, 1.25, size=3)
+        largest = 25.0 if organ == LUNG else 20.0
+        radii = rng.uniform(3.0, largest) / spacing_mm * rng.uniform(0.75, 1.25, size=3)
         field = _blob(image.shape, centre, radii.astype(np.float32), rng)
         edge = rng.uniform(0.3, 0.8)  # voxels: how soft the partial-volume edge is
         alpha = 1.0 / (1.0 + np.exp(-np.clip(field / edge, -30, 30)))
