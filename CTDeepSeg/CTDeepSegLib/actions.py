@@ -58,11 +58,12 @@ def detect(
     finding's box), else None."""
     from .detect_segment import segment_findings
     from .detector import detect_volume
+    from .model_paths import DEFAULT_DETECTOR
     from .model_store import open_model
 
     progress = progress or Progress()
     progress.update(0.0, "Loading detector")
-    card, network = open_model(model or "ctdeepseg-phantom-detector", task="detection")
+    card, network = open_model(model or DEFAULT_DETECTOR, task="detection")
     result = detect_volume(volume, card, network, device, threshold, progress=progress.step(0.0, 0.6))
     lesions = None
     if segment_lesions and result.findings:

@@ -313,10 +313,11 @@ def command_detect(arguments: argparse.Namespace) -> int:
     from .cohort import cohort_inputs, run_cohort
     from .detector import detect_volume
     from .findings import write_findings
+    from .model_paths import DEFAULT_DETECTOR
     from .model_store import open_model
     from .volume_io import read_volume
 
-    card, network = open_model(arguments.model or "ctdeepseg-phantom-detector", task="detection")
+    card, network = open_model(arguments.model or DEFAULT_DETECTOR, task="detection")
 
     def detect_one(source: Path, target: Path, step: Progress) -> None:
         result = detect_volume(read_volume(source), card, network, arguments.device, arguments.threshold, progress=step)

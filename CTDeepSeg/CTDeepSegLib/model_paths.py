@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+# The detector used when none is named: the one trained with real CT backgrounds (its card has the figures).
+DEFAULT_DETECTOR = "ctdeepseg-ct-detector"
 
 
 def user_models_folder(platform: str = sys.platform, environ: Mapping[str, str] = os.environ) -> Path:
