@@ -128,3 +128,22 @@ def test_real_training_cases_carry_the_labels_they_annotate():
     cta = annotated_case("ts_cta")
     litres = np.count_nonzero(cta.labels.array == LUNG) * cta.image.voxel_volume_mm3 / 1e6
     assert cta.known == {LUNG} and 2.5 < litres < 3.2 and cta.lung_reference == "HU"
+
+
+@pytest.mark.realdata
+def test_a_short_real_recipe_run_holds_its_case_out_and_reports_it(tmp_path):
+    """The recipe in CI's short version: 20 steps from the phantom model, lung2 held out and measured."""
+    from CTDeepSegLib.real_cases import fetch_cases
+    from CTDeepSegLib.real_training import RealRecipe, train_real_segmenter
+
+    fetch_cases()
+    recipe = RealRecipe(iterations=20, hold_out="lung2", train_phantoms=2, validation_phantoms=1)
+    card = train_real_segmenter(tmp_path / "model", recipe)
+    assert "lung2" not in card["provenance"]["data"] and "ts_ct" in card["provenance"]["data"]
+    held = card["validation"]["held_out_case"]
+    assert held["case"] == "lung2" and set(held["structures"]) == {"lung", "lesion"}
+    assert held["structures"]["lung"]["dice"] > 0.9  # the widened start keeps the phantom model's lungs (0.94)
+    assert held["structures"]["lung"]["reference"] == "HU"
+    assert [label.name for label in card.labels] == ["lung", "liver", "spine", "lesion", "spleen", "kidney"]
+    with pytest.raises(CTDeepSegError, match="not one of the training cases"):
+        train_real_segmenter(tmp_path / "other", RealRecipe(iterations=1, hold_out="liver117"))
