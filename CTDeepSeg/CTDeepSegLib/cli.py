@@ -391,13 +391,16 @@ def command_train(arguments: argparse.Namespace) -> int:
     from .training import Recipe, train_segmenter
 
     recipe = Recipe(seed=arguments.seed, iterations=arguments.iterations, train_phantoms=arguments.phantoms)
-    card = train_segmenter(Path(arguments.output), recipe, Progress(_print_progress))
+    _print_trained(train_segmenter(Path(arguments.output), recipe, Progress(_print_progress)))
+    return 0
+
+
+def _print_trained(card) -> None:
     scores = card["validation"]["validation_phantoms"]["dice"]
     print(
-        f"Wrote model {card.name} to {card.folder}; validation Dice: "
+        f"Wrote model {card.name} to {card.folder}; phantom validation Dice: "
         + ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
     )
-    return 0
 
 
 def command_export(arguments: argparse.Namespace) -> int:
@@ -462,11 +465,7 @@ def command_train_real(arguments: argparse.Namespace) -> int:
 
     recipe = RealRecipe(seed=arguments.seed, iterations=arguments.iterations, hold_out=arguments.hold_out)
     card = train_real_segmenter(Path(arguments.output), recipe, Progress(_print_progress))
-    scores = card["validation"]["validation_phantoms"]["dice"]
-    print(
-        f"Wrote model {card.name} to {card.folder}; phantom validation Dice: "
-        + ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
-    )
+    _print_trained(card)
     if held := card["validation"].get("held_out_case"):
         figures = ", ".join(
             f"{name} Dice {row['dice']:.3f} HD95 {row['hd95_mm']} mm" for name, row in held["structures"].items()
