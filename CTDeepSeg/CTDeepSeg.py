@@ -1864,12 +1864,12 @@ class CTDeepSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segment a phantom with the shipped model")
         if not self._needsDeepLearning("Segmentation with the shipped model"):
             return
+        from CTDeepSegLib.model_store import read_card, resolve_model
+
         logic = CTDeepSegLogic()
         volumeNode, truthNode, _ = logic.createPhantom(
             seed=77, shape=(80, 96, 96), spacing=(3.0, 3.0, 3.5), lesion_radius_mm=(8.0, 12.0)
         )
-        from CTDeepSegLib.model_store import read_card, resolve_model
-
         segmentationNode = logic.segment(volumeNode)
         segmentation = segmentationNode.GetSegmentation()
         self.assertEqual(  # one segment per label of the default model, absent ones included

@@ -96,26 +96,33 @@ def _on_model_grid(phantom, card: dict):
     return image, slice_boxes(lesions)
 
 
-def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator, lesions: int = 8) -> list:
-    """``copies`` versions of a real case on the model's grid, each with up to ``lesions`` lesions inserted
-    into its lungs and liver: (normalised image tensor, per-slice boxes) like ``_on_model_grid``."""
+def _with_inserted_lesions(image: np.ndarray, labels: np.ndarray, card, copies: int, rng: np.random.Generator):
+    """``copies`` versions of a real case's (normalised image, labels) on the model's grid, each with up to 8
+    lesions inserted into its lungs and liver: (image clipped to 0..1, mask of every lesion in the labels)."""
+    from .real_anatomy import LESION as INSERTED
+    from .real_anatomy import insert_lesions
+
+    window, spacing = tuple(card["normalisation"]["window"]), float(card["spacing"][0])
+    for _ in range(copies):
+        copy, marked = image.copy(), labels.copy()
+        insert_lesions(copy, marked, spacing, window, rng, 8)
+        yield np.clip(copy, 0.0, 1.0), marked == INSERTED
+
+
+def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator) -> list:
+    """``copies`` versions of a real case on the model's grid, each with up to 8 lesions inserted into its
+    lungs and liver: (normalised image tensor, per-slice boxes) like ``_on_model_grid``."""
     import torch
 
-    from .inference import model_grid
     from .real_anatomy import LESION as INSERTED
-    from .real_anatomy import annotated_case, insert_lesions
+    from .real_anatomy import annotated_case, on_model_grid
 
-    case = annotated_case(name)
-    grid = model_grid(case.image, card)
-    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
-    organs = grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
+    image, organs = on_model_grid(annotated_case(name), card)
     organs[organs == INSERTED] = 0  # a case's own lesions are not inserted ones
-    made = []
-    for _ in range(copies):
-        copy, labels = image.copy(), organs.copy()
-        insert_lesions(copy, labels, float(card["spacing"][0]), tuple(card["normalisation"]["window"]), rng, lesions)
-        made.append((torch.from_numpy(np.clip(copy, 0.0, 1.0)), slice_boxes(labels == INSERTED)))
-    return made
+    return [
+        (torch.from_numpy(copy), slice_boxes(lesions))
+        for copy, lesions in _with_inserted_lesions(image, organs, card, copies, rng)
+    ]
 
 
 def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress: Progress | None = None):
@@ -208,27 +215,19 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
     return save_model(output, card, best[1], overwrite=False)
 
 
-def _lung2_with_inserted_lesions(card: dict, copies: int, seed: int) -> list:
+def _lung2_with_inserted_lesions(card, copies: int, seed: int) -> list:
     """lung2 on the model's grid in HU, ``copies`` times with lesions inserted (its real lesion kept), and the
     label volumes of all their lesions: held-out real backgrounds for FROC (never trained on)."""
-    from .inference import model_grid
-    from .real_anatomy import LESION as INSERTED
-    from .real_anatomy import evaluation_case, insert_lesions
+    from .real_anatomy import evaluation_case, on_model_grid
     from .volume import Volume
 
-    rng = np.random.default_rng(seed)
-    case = evaluation_case("lung2")
-    grid = model_grid(case.image, card)
-    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
-    labels = grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
+    image, labels = on_model_grid(evaluation_case("lung2"), card)
     low, high = card["normalisation"]["window"]
     spacing = np.asarray(card["spacing"], dtype=np.float64)
     made = []
-    for _ in range(copies):
-        copy, lesions = image.copy(), labels.copy()
-        insert_lesions(copy, lesions, float(spacing[0]), (low, high), rng, count=8)
-        hu = Volume(np.clip(copy, 0.0, 1.0) * np.float32(high - low) + np.float32(low), spacing)
-        made.append((hu, hu.with_array((lesions == INSERTED).astype(np.uint8))))
+    for copy, lesions in _with_inserted_lesions(image, labels, card, copies, np.random.default_rng(seed)):
+        hu = Volume(copy * np.float32(high - low) + np.float32(low), spacing)
+        made.append((hu, hu.with_array(lesions.astype(np.uint8))))
     return made
 
 
@@ -254,7 +253,7 @@ def real_detection_figures(card, network, copies: int = 4, seed: int = 7) -> dic
         "froc": froc({"lung2": found.candidates}, {"lung2": truth}).to_dict(),
     }
     predictions, truths = {}, {}
-    for number, (image, lesions) in enumerate(_lung2_with_inserted_lesions(dict(card.data), copies, seed)):
+    for number, (image, lesions) in enumerate(_lung2_with_inserted_lesions(card, copies, seed)):
         predictions[str(number)] = detect_volume(image, card, network, "cpu", threshold=0.0).candidates
         truths[str(number)] = truth_boxes(lesions, [1])
     figures["lung2_inserted"] = froc(predictions, truths).to_dict()

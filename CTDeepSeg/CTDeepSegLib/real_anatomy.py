@@ -118,6 +118,16 @@ def evaluation_case(name: str) -> AnnotatedCase:
     return AnnotatedCase(name, image, image.with_array(mapped), frozenset(known), reference)
 
 
+def on_model_grid(case: AnnotatedCase, card) -> tuple[np.ndarray, np.ndarray]:
+    """``case`` exactly as inference shows it to a model ``card`` (body crop, axis order, spacing,
+    normalisation): the normalised image and the labels, (d, h, w) arrays."""
+    from .inference import model_grid
+
+    grid = model_grid(case.image, card)
+    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
+    return image, grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
+
+
 def _blob(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Signed distance-like field (voxels) of an irregular ellipsoid: positive inside, about 1 per voxel."""
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
@@ -150,16 +160,16 @@ def insert_lesions(
     inserted = 0
     for _ in range(count):
         organ = LUNG if rng.random() < 0.5 else LIVER
-        where = np.argwhere(labels == organ)
-        if len(where) < 200:
+        organ_mask = labels == organ
+        if np.count_nonzero(organ_mask) < 200:
             organ = LIVER if organ == LUNG else LUNG
-            where = np.argwhere(labels == organ)
-            if len(where) < 200:
+            organ_mask = labels == organ
+            if np.count_nonzero(organ_mask) < 200:
                 break
+        where = np.argwhere(organ_mask)
         if rng.random() < 0.5:  # against the organ's wall (juxtapleural, subcapsular): a half-ball
             from scipy import ndimage
 
-            organ_mask = labels == organ
             wall = np.argwhere(organ_mask & ~ndimage.binary_erosion(organ_mask, border_value=1))
             where = wall if len(wall) else where
         centre = where[rng.integers(len(where))].astype(np.float32)
@@ -168,11 +178,11 @@ def insert_lesions(
         field = _blob(image.shape, centre, radii.astype(np.float32), rng)
         edge = rng.uniform(0.3, 0.8)  # voxels: how soft the partial-volume edge is
         alpha = 1.0 / (1.0 + np.exp(-np.clip(field / edge, -30, 30)))
-        inside = (field > 0) & (labels == organ)
+        inside = (field > 0) & organ_mask
         if np.count_nonzero(inside) < 4:
             continue
-        alpha = np.where(labels == organ, alpha, 0.0).astype(np.float32)  # never past the organ's edge
-        tissue = image[labels == organ]
+        alpha = np.where(organ_mask, alpha, 0.0).astype(np.float32)  # never past the organ's edge
+        tissue = image[organ_mask]
         noise = float(np.std(tissue)) if organ == LIVER else rng.uniform(0.005, 0.02)
         if organ == LUNG:
             value = (rng.uniform(-100.0, 60.0) - low) / scale

@@ -22,8 +22,17 @@ import numpy as np
 
 from .errors import CTDeepSegError
 from .jobs import Progress
-from .real_anatomy import LESION, MODEL_LABELS, TRAINING_CASES, annotated_case, evaluation_case, insert_lesions
-from .training import SNOMED, dice_per_label, random_patch, recipe_phantoms
+from .real_anatomy import (
+    LESION,
+    LUNG,
+    MODEL_LABELS,
+    TRAINING_CASES,
+    annotated_case,
+    evaluation_case,
+    insert_lesions,
+    on_model_grid,
+)
+from .training import SNOMED, random_patch, recipe_phantoms, validation_dice
 
 START_FROM = "ctdeepseg-phantom-ct"
 COLOURS = {
@@ -56,20 +65,11 @@ class RealRecipe:
     learning_rate: float = 1e-3
 
 
-def _grid_card(start: dict) -> dict:
-    return {key: start[key] for key in ("spacing", "orientation", "modality", "normalisation")}
-
-
-def prepare_real_case(name: str, card: dict) -> tuple[np.ndarray, np.ndarray, frozenset[int]]:
+def prepare_real_case(name: str, card) -> tuple[np.ndarray, np.ndarray, frozenset[int]]:
     """A real training case on the model's grid, exactly as inference sees it: (normalised image, labels,
     known labels)."""
-    from .inference import model_grid
-
     case = annotated_case(name)
-    grid = model_grid(case.image, card)
-    image = grid.resample(grid.oriented(case.image.array), card["normalisation"])[0, 0].numpy()
-    labels = grid.resample(grid.oriented(case.labels.array))[0, 0].numpy().astype(np.int64)
-    return image, labels, case.known
+    return (*on_model_grid(case, card), case.known)
 
 
 def _real_patch(case, patch: int, rng: np.random.Generator, recipe: RealRecipe, spacing: float, window):
@@ -143,7 +143,7 @@ def evaluate_on_case(card, network, name: str) -> dict[str, dict]:
         rows[MODEL_LABELS[value]] = {
             "dice": round(metrics.dice, 4),
             "hd95_mm": None if metrics.hd95_mm is None else round(metrics.hd95_mm, 1),
-            "reference": "HU" if value == 1 and case.lung_reference == "HU" else "label",
+            "reference": "HU" if value == LUNG and case.lung_reference == "HU" else "label",
         }
     return rows
 
@@ -152,7 +152,6 @@ def train_real_segmenter(output: Path, recipe: RealRecipe | None = None, progres
     """Train by ``recipe`` and write the model folder ``output``; returns its card (see the module docstring)."""
     import monai
     import torch
-    from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
 
     from .inference import normalise
@@ -171,14 +170,13 @@ def train_real_segmenter(output: Path, recipe: RealRecipe | None = None, progres
     window_settings = start_card["normalisation"]
     window = tuple(window_settings["window"])
     spacing = float(start_card["spacing"][0])
-    grid_card = _grid_card(start_card.data)
     phantoms = [
         (normalise(p.image.array, window_settings), p.labels.array.astype(np.int64))
         for p in recipe_phantoms(rng, spacing, recipe.train_phantoms + recipe.validation_phantoms, progress)
     ]
     train, validation = phantoms[: recipe.train_phantoms], phantoms[recipe.train_phantoms :]
     training_cases = [name for name in recipe.cases if name != recipe.hold_out]
-    real = [prepare_real_case(name, grid_card) for name in training_cases]
+    real = [prepare_real_case(name, start_card) for name in training_cases]
 
     network_args = {**start_card["network"]["args"], "out_channels": len(MODEL_LABELS) + 1}
     network = UNet(**network_args)
@@ -213,15 +211,7 @@ def train_real_segmenter(output: Path, recipe: RealRecipe | None = None, progres
         losses.append(float(loss.detach()))
         progress.update(0.05 + 0.85 * iteration / recipe.iterations, f"Training: loss {np.mean(losses[-50:]):.3f}")
 
-    network.eval()
-    phantom_scores = []
-    with torch.inference_mode():
-        for image, labels in validation:
-            logits = sliding_window_inference(
-                torch.from_numpy(image)[None, None], (recipe.patch,) * 3, 4, network, overlap=0.25, mode="gaussian"
-            )
-            phantom_scores.append(dice_per_label(logits.argmax(1)[0].numpy(), labels))
-    phantom_dice = {name: round(float(np.mean([s[name] for s in phantom_scores])), 4) for name in phantom_scores[0]}
+    phantom_dice = {name: round(dice, 4) for name, dice in validation_dice(network, validation, recipe.patch).items()}
     card = {
         "name": "ctdeepseg-ct",
         "version": "2.0.0",
@@ -239,7 +229,6 @@ def train_real_segmenter(output: Path, recipe: RealRecipe | None = None, progres
         **{key: start_card[key] for key in ("spacing", "orientation", "normalisation", "roi_size", "overlap")},
         "blend": "gaussian",
         "postprocessing": [{"step": "fill_holes"}, {"step": "remove_islands", "min_volume_mm3": 30}],
-        "scope": start_card.get("scope"),
         "provenance": {
             "recipe": {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(recipe).items()},
             "command": f"ctdeepseg train-real -o FOLDER --seed {recipe.seed} --iterations {recipe.iterations}"
@@ -252,8 +241,8 @@ def train_real_segmenter(output: Path, recipe: RealRecipe | None = None, progres
         },
         "validation": {"validation_phantoms": {"iteration": recipe.iterations, "dice": phantom_dice}},
     }
-    if card["scope"] is None:
-        del card["scope"]
+    if start_card.get("scope"):
+        card["scope"] = start_card["scope"]
     if recipe.hold_out:
         progress.update(0.92, f"Segmenting the held-out case {recipe.hold_out}")
         figures = evaluate_on_case(ModelCard(Path(output), card), network, recipe.hold_out)

@@ -98,11 +98,27 @@ def dice_per_label(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float
     return scores
 
 
+def validation_dice(network, validation: list, patch: int) -> dict[str, float]:
+    """Mean Dice per phantom label of ``network`` over ``validation`` ((normalised image, labels) pairs on the
+    model's grid), by a sliding window of ``patch``^3; leaves the network in eval mode."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    network.eval()
+    scores = []
+    with torch.inference_mode():
+        for image, labels in validation:
+            logits = sliding_window_inference(
+                torch.from_numpy(image)[None, None], (patch,) * 3, 4, network, overlap=0.25, mode="gaussian"
+            )
+            scores.append(dice_per_label(logits.argmax(1)[0].numpy(), labels))
+    return {name: float(np.mean([s[name] for s in scores])) for name in LABELS.values()}
+
+
 def train_segmenter(output: Path, recipe: Recipe | None = None, progress: Progress | None = None):
     """Train by ``recipe`` (default: the shipped model's) and write the model folder ``output``; returns its card."""
     import monai
     import torch
-    from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
@@ -152,20 +168,7 @@ def train_segmenter(output: Path, recipe: Recipe | None = None, progress: Progre
         losses.append(float(loss))
         progress.update(0.05 + 0.95 * iteration / recipe.iterations, f"Training: loss {np.mean(losses[-50:]):.3f}")
         if iteration % recipe.validate_every == 0 or iteration == recipe.iterations:
-            network.eval()
-            scores = []
-            with torch.inference_mode():
-                for image, labels in validation:
-                    logits = sliding_window_inference(
-                        torch.from_numpy(image)[None, None],
-                        (recipe.patch,) * 3,
-                        4,
-                        network,
-                        overlap=0.25,
-                        mode="gaussian",
-                    )
-                    scores.append(dice_per_label(logits.argmax(1)[0].numpy(), labels))
-            mean = {name: float(np.mean([s[name] for s in scores])) for name in LABELS.values()}
+            mean = validation_dice(network, validation, recipe.patch)
             if np.mean(list(mean.values())) > best[0]:
                 state = {key: value.clone() for key, value in network.state_dict().items()}
                 best = (float(np.mean(list(mean.values()))), state, {"iteration": iteration, "dice": mean})
