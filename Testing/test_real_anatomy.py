@@ -19,6 +19,8 @@ from CTDeepSegLib.real_anatomy import (
     insert_lesions,
     lungs_from_hu,
     marginal_dice_ce,
+    thick_slices,
+    wash_out_contrast,
 )
 from CTDeepSegLib.volume import Volume
 
@@ -104,6 +106,27 @@ def test_inserted_lesions_stay_inside_their_organ_with_a_soft_edge():
     empty = np.zeros_like(labels)
     flat = np.full(labels.shape, _hu(40), np.float32)
     assert insert_lesions(flat, empty, 2.0, WINDOW, rng) == 0 and np.all(flat == np.float32(_hu(40)))
+
+
+def test_washing_out_contrast_moves_only_enhanced_tissue_towards_unenhanced_blood():
+    hu = np.array([-850.0, -100.0, 40.0, 100.0, 300.0, 400.0, 500.0], dtype=np.float32)
+    image = _hu(hu)
+    wash_out_contrast(image, WINDOW, 0.9)
+    after = image * (WINDOW[1] - WINDOW[0]) + WINDOW[0]
+    # lung, fat, muscle, unenhanced liver and clipped cortical bone are left; 300 and 400 HU go 90 % to 45 HU
+    np.testing.assert_allclose(after, [-850.0, -100.0, 40.0, 100.0, 70.5, 80.5, 500.0], atol=0.05)
+
+
+def test_thick_slices_blur_along_the_slice_axis_by_the_slice_thickness():
+    plate = np.zeros((41, 3, 3), dtype=np.float32)
+    plate[20] = 1.0
+    profile = thick_slices(plate, 5.0, 2.0)[:, 1, 1]
+    offsets = np.arange(41) - 20
+    spread = np.sqrt(np.sum(profile * offsets**2) / np.sum(profile))  # voxels
+    assert spread * 2.355 * 2.0 == pytest.approx(5.0, rel=0.01)  # full width at half maximum = thickness
+    assert np.sum(profile) == pytest.approx(1.0, rel=1e-5)
+    ramp = np.broadcast_to(np.arange(9, dtype=np.float32), (7, 9, 9))  # changes in-plane only: left as it is
+    np.testing.assert_allclose(thick_slices(ramp, 5.0, 2.0), ramp, atol=1e-5)
 
 
 def test_cases_that_may_not_train_are_refused():

@@ -45,6 +45,7 @@ class DetectorRecipe:
     real_backgrounds: tuple[str, ...] = ()
     real_copies: int = 6
     real_fraction: float = 0.5
+    vary_real_look: bool = True
 
 
 def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
@@ -96,22 +97,30 @@ def _on_model_grid(phantom, card: dict):
     return image, slice_boxes(lesions)
 
 
-def _with_inserted_lesions(image: np.ndarray, labels: np.ndarray, card, copies: int, rng: np.random.Generator):
+def _with_inserted_lesions(
+    image: np.ndarray, labels: np.ndarray, card, copies: int, rng: np.random.Generator, vary_look: bool = False
+):
     """``copies`` versions of a real case's (normalised image, labels) on the model's grid, each with up to 8
-    lesions inserted into its lungs and liver: (image clipped to 0..1, mask of every lesion in the labels)."""
+    lesions inserted into its lungs and liver: (image clipped to 0..1, mask of every lesion in the labels).
+    ``vary_look`` (training only) shows each copy, with probability 1/2 each, unenhanced and through 3-6 mm
+    slices, the protocols the two contrast-enhanced, thin-slice training backgrounds lack."""
     from .real_anatomy import LESION as INSERTED
-    from .real_anatomy import insert_lesions
+    from .real_anatomy import insert_lesions, thick_slices, wash_out_contrast
 
     window, spacing = tuple(card["normalisation"]["window"]), float(card["spacing"][0])
     for _ in range(copies):
         copy, marked = image.copy(), labels.copy()
+        if vary_look and rng.random() < 0.5:
+            wash_out_contrast(copy, window, rng.uniform(0.7, 0.95))
         insert_lesions(copy, marked, spacing, window, rng, 8)
+        if vary_look and rng.random() < 0.5:
+            copy = thick_slices(copy, rng.uniform(3.0, 6.0), spacing)
         yield np.clip(copy, 0.0, 1.0), marked == INSERTED
 
 
-def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator) -> list:
+def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator, vary_look: bool = False) -> list:
     """``copies`` versions of a real case on the model's grid, each with up to 8 lesions inserted into its
-    lungs and liver: (normalised image tensor, per-slice boxes) like ``_on_model_grid``."""
+    lungs and liver (and, with ``vary_look``, protocols varied): (normalised image tensor, per-slice boxes)."""
     import torch
 
     from .real_anatomy import LESION as INSERTED
@@ -121,7 +130,7 @@ def lesion_copies(name: str, card: dict, copies: int, rng: np.random.Generator) 
     organs[organs == INSERTED] = 0  # a case's own lesions are not inserted ones
     return [
         (torch.from_numpy(copy), slice_boxes(lesions))
-        for copy, lesions in _with_inserted_lesions(image, organs, card, copies, rng)
+        for copy, lesions in _with_inserted_lesions(image, organs, card, copies, rng, vary_look)
     ]
 
 
@@ -148,7 +157,11 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
             train.append(_on_model_grid(phantom, card))
         else:
             validation.append(phantom)
-    real = [copy for name in recipe.real_backgrounds for copy in lesion_copies(name, card, recipe.real_copies, rng)]
+    real = [
+        copy
+        for name in recipe.real_backgrounds
+        for copy in lesion_copies(name, card, recipe.real_copies, rng, recipe.vary_real_look)
+    ]
     pools = []
     for volumes in (train, real):
         samples = [(volumes, case, k) for case, (_, boxes) in enumerate(volumes) for k in range(len(boxes))]

@@ -196,6 +196,25 @@ def insert_lesions(
     return inserted
 
 
+def wash_out_contrast(image: np.ndarray, window, strength: float) -> None:
+    """Make a contrast-enhanced CT look unenhanced, in place: tissue at 130-500 HU is pulled towards 45 HU
+    (``strength`` 1: all the way). Both real training backgrounds are contrast CTs; many chest scans (lung2
+    among them) are not, and an unenhanced heart and vessels must be seen as negatives too. Cancellous bone,
+    in that range as well, comes out osteopenic inside its cortex (clipped at the window's 500 HU, untouched)."""
+    low, high = window
+    hu = image * np.float32(high - low) + np.float32(low)
+    weight = np.clip((hu - 130.0) / 40.0, 0.0, 1.0) * np.clip((high - hu) / 30.0, 0.0, 1.0)
+    image += (strength * weight * (45.0 - hu) / (high - low)).astype(np.float32)
+
+
+def thick_slices(image: np.ndarray, thickness_mm: float, spacing_mm: float) -> np.ndarray:
+    """``image`` as slices ``thickness_mm`` thick show it: a Gaussian along the slice axis (axis 0) whose full
+    width at half maximum is the thickness. The training backgrounds have 1.5-3 mm slices, many chest CTs 5 mm."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter1d(image, thickness_mm / spacing_mm / 2.355, axis=0)
+
+
 def marginal_dice_ce(logits, target, known):
     """Dice plus cross-entropy for partially labelled cases: ``known`` (batch, classes) says which classes each
     case annotates (background always). An unannotated class's probability is merged into the background, so
