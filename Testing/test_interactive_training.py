@@ -4,22 +4,27 @@ samples prompted as a user would, and a short run of the real recipe writing a l
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from CTDeepSegLib.errors import CTDeepSegError
 from CTDeepSegLib.interactive import synthesis
 from CTDeepSegLib.interactive.encoding import CHANNELS
 from CTDeepSegLib.interactive.training import (
     LESION_SOURCES,
     ORGAN_SOURCES,
     InteractiveRecipe,
+    engine_spacing,
     load_sources,
     make_sample,
     train_interactive,
 )
-from CTDeepSegLib.model_store import open_model
+from CTDeepSegLib.model_paths import SHIPPED_MODELS
+from CTDeepSegLib.model_store import load_model, open_model
 from CTDeepSegLib.real_cases import CASES
+from CTDeepSegLib.volume import Volume
 
 
 def test_the_recipe_uses_only_cases_it_may_train_on():
@@ -88,3 +93,36 @@ def test_a_short_run_of_the_recipe_writes_a_model_that_loads(tmp_path):
     loaded, network = open_model(card.folder, task="interactive")
     assert loaded["network"]["args"]["in_channels"] == CHANNELS and len(loaded["training_curve"]) == 2
     assert {"liver117", "ts_ct_dicom", "ts_mr"} <= set(loaded["provenance"]["data"]["never used"])
+
+
+def test_engine_scale_scenes_show_the_cubes_a_first_click_gets():
+    """The default 40 mm field (64 voxels at 0.625 mm, or half the scan's finest spacing when coarser), grown 1.8x
+    once or twice only for a lesion that would have filled the smaller cube."""
+    thin = synthesis.RealSource(Volume(np.zeros((4, 4, 4), np.float32), (0.63, 0.63, 5.0), (0, 0, 0), np.eye(3)), "CT")
+    coarse = synthesis.RealSource(Volume(np.zeros((4, 4, 4), np.float32), (3.0, 3.0, 3.0), (0, 0, 0), np.eye(3)), "CT")
+    rng = np.random.default_rng(0)
+    assert {engine_spacing(rng, thin, 10.0) for _ in range(20)} == {0.625}
+    assert {round(engine_spacing(rng, thin, 40.0), 4) for _ in range(40)} == {0.625, 1.125}
+    assert {round(engine_spacing(rng, thin, 60.0), 4) for _ in range(60)} == {0.625, 1.125, 2.025}
+    assert {engine_spacing(rng, coarse, 10.0) for _ in range(20)} == {1.5}
+
+
+def _shipped_interactive():
+    return str(SHIPPED_MODELS / "ctdeepseg-interactive")
+
+
+def test_training_can_continue_from_a_model_with_the_same_network(tmp_path):
+    start = _shipped_interactive()
+    recipe = InteractiveRecipe(
+        iterations=2, batch=2, validate_every=2, validation_samples=2, learning_rate=1e-9, start_from=start
+    )
+    card, network = load_model(train_interactive(tmp_path / "continued", recipe).folder)
+    _, original = load_model(start)
+    continued, before = network.state_dict(), original.state_dict()
+    assert all(np.allclose(continued[k].numpy(), before[k].numpy(), atol=1e-5) for k in before)
+    assert f"--start-from {start}" in card["provenance"]["command"]
+    with pytest.raises(CTDeepSegError, match="not an interactive model"):
+        train_interactive(
+            tmp_path / "wrong",
+            InteractiveRecipe(iterations=2, start_from=str(Path(start).parent / "ctdeepseg-phantom-ct")),
+        )

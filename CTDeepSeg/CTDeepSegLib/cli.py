@@ -556,7 +556,13 @@ def command_evaluate_clicks(arguments: argparse.Namespace) -> int:
 def command_train_interactive(arguments: argparse.Namespace) -> int:
     from .interactive.training import InteractiveRecipe, train_interactive
 
-    recipe = InteractiveRecipe(seed=arguments.seed, iterations=arguments.iterations)
+    recipe = InteractiveRecipe(
+        seed=arguments.seed,
+        iterations=arguments.iterations,
+        learning_rate=arguments.learning_rate,
+        engine_scale=arguments.engine_scale,
+        start_from=arguments.start_from,
+    )
     card = train_interactive(Path(arguments.output), recipe, Progress(_print_progress))
     figures = card["validation"]["validation_scenes"]
     print(f"Wrote interactive model {card.name} to {card.folder}; validation Dice {figures['dice']:.3f}")
@@ -771,6 +777,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_int.add_argument("-o", "--output", required=True, help="new model folder")
     train_int.add_argument("--seed", type=int, default=0)
     train_int.add_argument("--iterations", type=int, default=4500)
+    train_int.add_argument("--learning-rate", type=float, default=2e-3)
+    train_int.add_argument(
+        "--engine-scale",
+        type=float,
+        default=0.0,
+        help="share of lesion scenes shown at the cube the engine uses for a first click (default 0)",
+    )
+    train_int.add_argument("--start-from", help="a model folder to continue training from (same network)")
     train_int.set_defaults(handler=command_train_interactive)
 
     evaluate = commands.add_parser(

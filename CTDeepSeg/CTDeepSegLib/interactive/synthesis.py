@@ -14,6 +14,7 @@ inference would place it: centred on the first click, or on the object's box.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,19 +156,30 @@ def _spacing(source: RealSource, extent_mm: float, fraction: float) -> float:
     return max(extent_mm / (fraction * SIZE), floor)
 
 
-def lesion_scene(rng: np.random.Generator, source: RealSource) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(image, object, spacing) with a lesion drawn into a cube of a real scan; None when no place was found."""
+def lesion_scene(
+    rng: np.random.Generator,
+    source: RealSource,
+    context: int = CONTEXT,
+    spacing: float | Callable[[float], float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(image, object, spacing) with a lesion drawn into a cube of a real scan; None when no place was found.
+    By default the spacing fits the cube to the lesion (it fills 0.3-0.85 of the network's cube); ``spacing``
+    may instead be a number (with a larger ``context``: whole test images in which the size must be found) or a
+    function of the lesion's diameter in mm."""
     diameter = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
-    spacing = _spacing(source, diameter, rng.uniform(0.3, 0.85))
+    if spacing is None:
+        spacing = _spacing(source, diameter, rng.uniform(0.3, 0.85))
+    elif callable(spacing):
+        spacing = spacing(diameter)
     for _ in range(20):
         index = source.tissue[rng.integers(len(source.tissue))][::-1].astype(float)
         point = source.image.index_to_physical(index)
-        if _far_from_avoided(source, point, spacing * CONTEXT):
+        if _far_from_avoided(source, point, spacing * context):
             break
     else:
         return None
-    cube = Crop(point, spacing, CONTEXT).sample(source.image)
-    centre = np.array([CONTEXT / 2] * 3) + rng.normal(0, 2, 3)
+    cube = Crop(point, spacing, context).sample(source.image)
+    centre = np.array([context / 2] * 3) + rng.normal(0, 2, 3)
     target = blob(rng, cube.shape, centre, diameter / 2 / spacing)
     if target.sum() < 8:
         return None

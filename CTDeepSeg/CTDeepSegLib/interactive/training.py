@@ -49,6 +49,8 @@ class InteractiveRecipe:
     mix: tuple[float, float, float] = (0.4, 0.35, 0.25)  # synthetic, lesion in a real scan, real organ
     sigma_voxels: float = 2.0
     prompt_dropout: float = 0.4  # share of samples whose points are hidden: the object must be seen in the image
+    engine_scale: float = 0.0  # share of lesion scenes at the cube the engine uses for a first click (see below)
+    start_from: str | None = None  # a model folder to continue from (same network), instead of random weights
 
 
 def load_sources(cache: Path | None = None) -> tuple[dict[str, RealSource], dict[str, RealSource]]:
@@ -74,6 +76,22 @@ def load_sources(cache: Path | None = None) -> tuple[dict[str, RealSource], dict
     return lesions, organs
 
 
+def engine_spacing(rng: np.random.Generator, source: RealSource, diameter_mm: float) -> float:
+    """The spacing of a cube the engine shows the network after a first click on a lesion of ``diameter_mm``:
+    its default field around the click (floored at half the scan's finest spacing), or that field grown once or
+    twice, which happens only when the object filled the cube before. A lesion fitted to the cube, as the
+    recipe's other scenes draw it, is what a box or a previous mask gives; a single click on a lesion larger or
+    much smaller than the default field is not, and a model that never saw that case shrinks large lesions to
+    the size it expects."""
+    first = max(DEFAULTS["default_fov_mm"] / SIZE, DEFAULTS["min_spacing_mm"], 0.5 * float(min(source.image.spacing)))
+    levels = [
+        first * DEFAULTS["growth"] ** level
+        for level in range(int(DEFAULTS["max_growth"]) + 1)
+        if level == 0 or diameter_mm >= 0.8 * SIZE * first * DEFAULTS["growth"] ** (level - 1)
+    ]
+    return float(levels[rng.integers(len(levels))])
+
+
 def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dict, organs: dict):
     """(image, object) of one scene in a context cube, from the recipe's mix of kinds and sources."""
     while True:
@@ -83,7 +101,11 @@ def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dic
         weights = LESION_SOURCES if kind == 1 else ORGAN_SOURCES
         names = sorted(weights)
         name = names[rng.choice(len(names), p=np.array([weights[n] for n in names]) / sum(weights.values()))]
-        scene = lesion_scene(rng, lesions[name]) if kind == 1 else organ_scene(rng, organs[name])
+        if kind == 1 and rng.uniform() < recipe.engine_scale:
+            source = lesions[name]
+            scene = lesion_scene(rng, source, spacing=lambda diameter, s=source: engine_spacing(rng, s, diameter))
+        else:
+            scene = lesion_scene(rng, lesions[name]) if kind == 1 else organ_scene(rng, organs[name])
         if scene is not None:
             return scene[0], scene[1]
 
@@ -212,6 +234,8 @@ def train_interactive(
         "norm": "instance",
     }
     network = UNet(**network_args)
+    if recipe.start_from:
+        network.load_state_dict(_start_weights(recipe.start_from, network_args))
     dice_loss, bce = DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
     optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -249,6 +273,16 @@ def train_interactive(
     return save_model(output, card, best[1], overwrite=True)
 
 
+def _start_weights(folder: str, network_args: dict) -> dict:
+    """The weights of the model to continue from, after checking that its network is the recipe's."""
+    from ..model_store import load_model
+
+    card, network = load_model(folder)
+    if card.get("task") != "interactive" or card["network"]["args"] != network_args:
+        raise CTDeepSegError(f"{folder}: not an interactive model with this recipe's network; start from scratch.")
+    return network.state_dict()
+
+
 def _batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
     """Training batches, made in a second process while the network learns from the previous ones (on two cores
     drawing the scenes costs as much time as the network's step). One worker, seeded by the recipe: reproducible."""
@@ -259,6 +293,19 @@ def _batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
     return torch.utils.data.DataLoader(
         SceneBatches(recipe, lesions, organs), batch_size=None, num_workers=1, prefetch_factor=4
     )
+
+
+def _command(output: Path, recipe: InteractiveRecipe) -> str:
+    """The command line that reproduces a run of ``recipe``."""
+    words = f"ctdeepseg train-interactive -o {output} --seed {recipe.seed} --iterations {recipe.iterations}"
+    defaults = InteractiveRecipe()
+    if recipe.learning_rate != defaults.learning_rate:
+        words += f" --learning-rate {recipe.learning_rate:g}"
+    if recipe.engine_scale != defaults.engine_scale:
+        words += f" --engine-scale {recipe.engine_scale:g}"
+    if recipe.start_from:
+        words += f" --start-from {recipe.start_from}"
+    return words
 
 
 def _card(
@@ -293,7 +340,7 @@ def _card(
         "interactive": {**DEFAULTS, "crop": SIZE, "sigma_voxels": recipe.sigma_voxels},
         "provenance": {
             "recipe": asdict(recipe),
-            "command": f"ctdeepseg train-interactive -o {output} --seed {recipe.seed} --iterations {recipe.iterations}",
+            "command": _command(output, recipe),
             "data": {
                 "synthetic": "random label fields, blobs and tubes, randomised intensities, blur, bias, noise, slices",
                 "lesions drawn into": {name: weight for name, weight in LESION_SOURCES.items()},
