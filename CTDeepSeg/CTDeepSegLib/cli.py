@@ -482,6 +482,7 @@ def command_train_detector(arguments: argparse.Namespace) -> int:
         iterations=arguments.iterations,
         train_phantoms=arguments.phantoms,
         real_backgrounds=tuple(arguments.real_backgrounds),
+        vary_real_look=arguments.vary_look,
     )
     card = train_detector(Path(arguments.output), recipe, Progress(_print_progress))
     figures = card["validation"]["validation_phantoms"]
@@ -743,6 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CASE",
         help="real CTs (ts_ct, ts_cta) to insert lesions into as training backgrounds (fetch-cases first)",
+    )
+    train_det.add_argument(
+        "--vary-look",
+        action="store_true",
+        help="show each real background copy, with probability 1/2 each, unenhanced and through 3-6 mm slices",
     )
     train_det.set_defaults(handler=command_train_detector)
 

@@ -45,7 +45,7 @@ class DetectorRecipe:
     real_backgrounds: tuple[str, ...] = ()
     real_copies: int = 6
     real_fraction: float = 0.5
-    vary_real_look: bool = True
+    vary_real_look: bool = False  # real backgrounds also shown unenhanced and through thick slices
 
 
 def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
