@@ -30,7 +30,7 @@ def test_the_card_says_what_it_is_and_what_it_never_saw(shipped):
     assert (MODEL / "model.safetensors").stat().st_size < 12 * 2**20
     never = card["provenance"]["data"]["never used"]
     assert {"liver117", "ts_ct_dicom", "ts_mr"} <= set(never)
-    assert card["validation"]["validation_scenes"]["dice"] == pytest.approx(0.587, abs=0.001)  # what README states
+    assert card["validation"]["validation_scenes"]["dice"] == pytest.approx(0.499, abs=0.001)  # what the card states
 
 
 def test_phantom_lesions_reach_their_targets_in_one_and_three_clicks(shipped):
@@ -56,14 +56,18 @@ def test_a_corrective_click_strictly_improves_a_deliberately_wrong_result(shippe
     assert after > before + 0.05, (before, after)
 
 
-def test_a_box_alone_segments_a_lesion(shipped):
+def test_a_box_alone_segments_lesions(shipped):
+    """Each lesion of three phantoms from its box alone (as detect-then-segment prompts it): the mean over the 12
+    lesions, since one lesion alone swings by 0.1 between models of equal quality."""
     card, network = shipped
-    phantom = make_phantom(seed=32, shape=(80, 128, 128), spacing=(2.0, 2.0, 2.5), lesion_radius_mm=(8.0, 12.0))
-    lesion = phantom.lesions[0]
-    result = segment_click(phantom.image, Prompts(box=lesion.box), card, network, "cpu")
-    truth = objects(phantom.labels, [4], components=True)
-    best = max(dice_of(result.mask.array > 0, piece) for piece in truth)
-    assert best >= 0.75, best
+    scores = []
+    for seed in (32, 33, 34):
+        phantom = make_phantom(seed=seed, shape=(80, 128, 128), spacing=(2.0, 2.0, 2.5), lesion_radius_mm=(8.0, 12.0))
+        truth = objects(phantom.labels, [4], components=True)
+        for lesion in phantom.lesions:
+            result = segment_click(phantom.image, Prompts(box=lesion.box), card, network, "cpu")
+            scores.append(max(dice_of(result.mask.array > 0, piece) for piece in truth))
+    assert len(scores) >= 10 and np.mean(scores) >= 0.80, scores
 
 
 def test_the_click_command_takes_lps_or_ras_and_writes_the_image_grid(tmp_path, capsys):
@@ -104,7 +108,7 @@ def test_the_logic_clicks_into_a_segment_of_real_mrml_nodes(scene, ctdeepseg_mod
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("case, one, five", [("lung2", 0.076, 0.123), ("brain1", 0.149, 0.324)])
+@pytest.mark.parametrize("case, one, five", [("lung2", 0.102, 0.156), ("brain1", 0.117, 0.338)])
 def test_the_real_lesion_figures_the_readme_states(shipped, case, one, five):
     from CTDeepSegLib.interactive.evaluation import case_objects
     from CTDeepSegLib.real_cases import fetch_cases
