@@ -107,12 +107,8 @@ def test_engine_scale_scenes_show_the_cubes_a_first_click_gets():
     assert {engine_spacing(rng, coarse, 10.0) for _ in range(20)} == {1.5}
 
 
-def _shipped_interactive():
-    return str(SHIPPED_MODELS / "ctdeepseg-interactive")
-
-
 def test_training_can_continue_from_a_model_with_the_same_network(tmp_path):
-    start = _shipped_interactive()
+    start = str(SHIPPED_MODELS / "ctdeepseg-interactive")
     recipe = InteractiveRecipe(
         iterations=2, batch=2, validate_every=2, validation_samples=2, learning_rate=1e-9, start_from=start
     )

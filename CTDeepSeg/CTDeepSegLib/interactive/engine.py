@@ -48,6 +48,11 @@ def settings(card: Any) -> dict:
     return {**DEFAULTS, **card.get("interactive", {})}
 
 
+def spacing_limits(image_spacing, config: dict) -> tuple[float, float]:
+    """The finest and coarsest cube spacing (mm) on an image: finer than half its finest voxel shows nothing new."""
+    return max(config["min_spacing_mm"], 0.5 * float(np.min(image_spacing))), float(config["max_spacing_mm"])
+
+
 def _scale(volume: Volume, prompts: Prompts, previous: Volume | None, config: dict) -> tuple[np.ndarray, float]:
     """Centre (LPS) and spacing of the first cube."""
     points = np.array(prompts.include) if prompts.include else np.zeros((0, 3))
@@ -65,8 +70,7 @@ def _scale(volume: Volume, prompts: Prompts, previous: Volume | None, config: di
         low, high = low - reach, high + reach
     extent = float(np.max(high - low))
     spacing = extent / (config["fraction"] * config["crop"])
-    floor = max(config["min_spacing_mm"], 0.5 * float(np.min(volume.spacing)))
-    return (low + high) / 2, float(np.clip(spacing, floor, config["max_spacing_mm"]))
+    return (low + high) / 2, float(np.clip(spacing, *spacing_limits(volume.spacing, config)))
 
 
 def _keep(mask: np.ndarray, include: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..errors import CTDeepSegError
 from ..jobs import Progress
 from ..metrics import bounding_box
 from .encoding import CHANNELS, encode
-from .engine import DEFAULTS
+from .engine import DEFAULTS, spacing_limits
 from .simulation import corrective_click
 from .synthesis import CONTEXT, SIZE, RealSource, blob, lesion_scene, organ_scene, synthetic_scene
 
@@ -83,9 +83,10 @@ def engine_spacing(rng: np.random.Generator, source: RealSource, diameter_mm: fl
     recipe's other scenes draw it, is what a box or a previous mask gives; a single click on a lesion larger or
     much smaller than the default field is not, and a model that never saw that case shrinks large lesions to
     the size it expects."""
-    first = max(DEFAULTS["default_fov_mm"] / SIZE, DEFAULTS["min_spacing_mm"], 0.5 * float(min(source.image.spacing)))
+    floor, ceiling = spacing_limits(source.image.spacing, DEFAULTS)
+    first = float(np.clip(DEFAULTS["default_fov_mm"] / SIZE, floor, ceiling))
     levels = [
-        first * DEFAULTS["growth"] ** level
+        min(first * DEFAULTS["growth"] ** level, ceiling)
         for level in range(int(DEFAULTS["max_growth"]) + 1)
         if level == 0 or diameter_mm >= 0.8 * SIZE * first * DEFAULTS["growth"] ** (level - 1)
     ]
@@ -101,11 +102,13 @@ def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dic
         weights = LESION_SOURCES if kind == 1 else ORGAN_SOURCES
         names = sorted(weights)
         name = names[rng.choice(len(names), p=np.array([weights[n] for n in names]) / sum(weights.values()))]
-        if kind == 1 and rng.uniform() < recipe.engine_scale:
+        if kind == 2:
+            scene = organ_scene(rng, organs[name])
+        elif recipe.engine_scale and rng.uniform() < recipe.engine_scale:  # no draw at 0: 1.0.0's stream as it was
             source = lesions[name]
             scene = lesion_scene(rng, source, spacing=lambda diameter, s=source: engine_spacing(rng, s, diameter))
         else:
-            scene = lesion_scene(rng, lesions[name]) if kind == 1 else organ_scene(rng, organs[name])
+            scene = lesion_scene(rng, lesions[name])
         if scene is not None:
             return scene[0], scene[1]
 
