@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 
 from CTDeepSegLib.errors import CTDeepSegError
 from CTDeepSegLib.interactive import synthesis
@@ -16,6 +18,9 @@ from CTDeepSegLib.interactive.training import (
     LESION_SOURCES,
     ORGAN_SOURCES,
     InteractiveRecipe,
+    _interior_point,
+    _reused,
+    drawn_batches,
     engine_spacing,
     load_sources,
     make_sample,
@@ -88,11 +93,64 @@ def test_the_batches_survive_being_sent_to_a_spawned_worker_and_repeat_from_the_
 
 
 def test_a_short_run_of_the_recipe_writes_a_model_that_loads(tmp_path):
-    recipe = InteractiveRecipe(iterations=4, batch=2, validate_every=2, validation_samples=2)
-    card = train_interactive(tmp_path / "short", recipe)
+    recipe = InteractiveRecipe(iterations=4, batch=2, validate_every=2, validation_samples=2, reuse=2)
+    card = train_interactive(tmp_path / "short", recipe, device="cpu")
     loaded, network = open_model(card.folder, task="interactive")
     assert loaded["network"]["args"]["in_channels"] == CHANNELS and len(loaded["training_curve"]) == 2
     assert {"liver117", "ts_ct_dicom", "ts_mr"} <= set(loaded["provenance"]["data"]["never used"])
+    assert loaded["provenance"]["device"] == "cpu"
+    assert loaded["provenance"]["command"].endswith("--iterations 4 --batch 2 --reuse 2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_training_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(CTDeepSegError, match="no CUDA GPU is available"):
+        train_interactive(tmp_path / "gpu", InteractiveRecipe(iterations=2), device="cuda")
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_interior_points_are_those_of_the_whole_cube():
+    """The depth is measured in the mask's box only; the points drawn must be the ones the whole cube gives."""
+
+    def whole_cube(rng, mask):
+        depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+        candidates = np.argwhere(depth >= 0.4 * depth.max())
+        return candidates[rng.integers(len(candidates))].astype(float)
+
+    shapes = np.random.default_rng(3)
+    for trial in range(12):
+        centre = shapes.uniform(0, 40, 3) if trial % 3 else np.array([1.0, 20.0, 38.0])  # some touch the border
+        mask = synthesis.blob(shapes, (40, 40, 40), centre, shapes.uniform(3, 12))
+        if not mask.any():
+            continue
+        ours, reference = np.random.default_rng(trial), np.random.default_rng(trial)
+        for _ in range(3):
+            assert np.array_equal(_interior_point(ours, mask), whole_cube(reference, mask))
+
+
+def test_repeated_batches_turn_the_prompts_and_the_target_with_the_image():
+    rng = np.random.default_rng(0)
+    targets = torch.from_numpy((rng.uniform(size=(2, 1, 6, 7, 8)) > 0.7).astype(np.float32))
+    inputs = torch.from_numpy(rng.normal(size=(2, CHANNELS, 6, 7, 8)).astype(np.float32))
+    inputs[:, 5] = targets[:, 0]  # the previous mask channel: it must stay aligned with the target
+    repeats = list(_reused(iter([(inputs, targets)]), InteractiveRecipe(reuse=5)))
+    assert len(repeats) == 5 and torch.equal(repeats[0][0], inputs) and torch.equal(repeats[0][1], targets)
+    assert any(x.shape != inputs.shape or not torch.equal(x, inputs) for x, _ in repeats[1:])
+    for x, y in repeats:
+        assert torch.equal(x[:, 5], y[:, 0])
+        assert sorted(x.shape[2:]) == [6, 7, 8] and torch.equal(
+            x.flatten().sort().values, inputs.flatten().sort().values
+        )
+
+
+def test_each_scene_worker_draws_its_own_stream_reproducibly():
+    recipe = InteractiveRecipe(seed=5, batch=2, mix=(1.0, 0.0, 0.0), workers=2)  # synthetic scenes only
+    first = [b for _, b in zip(range(2), drawn_batches(recipe, {}, {}))]
+    again = [b for _, b in zip(range(2), drawn_batches(recipe, {}, {}))]
+    assert not torch.equal(first[0][0], first[1][0]), "two workers drew the same scenes"
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    single = next(iter(drawn_batches(InteractiveRecipe(seed=5, batch=2, mix=(1.0, 0.0, 0.0)), {}, {})))
+    assert torch.equal(single[0], first[0][0]), "the first worker draws the seed's own stream"
 
 
 def test_engine_scale_scenes_show_the_cubes_a_first_click_gets():

@@ -563,8 +563,11 @@ def command_train_interactive(arguments: argparse.Namespace) -> int:
         learning_rate=arguments.learning_rate,
         engine_scale=arguments.engine_scale,
         start_from=arguments.start_from,
+        batch=arguments.batch,
+        workers=arguments.workers,
+        reuse=arguments.reuse,
     )
-    card = train_interactive(Path(arguments.output), recipe, Progress(_print_progress))
+    card = train_interactive(Path(arguments.output), recipe, Progress(_print_progress), device=arguments.device)
     figures = card["validation"]["validation_scenes"]
     print(f"Wrote interactive model {card.name} to {card.folder}; validation Dice {figures['dice']:.3f}")
     return 0
@@ -791,6 +794,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of lesion scenes shown at the cube the engine uses for a first click (default 0)",
     )
     train_int.add_argument("--start-from", help="a model folder to continue training from (same network)")
+    train_int.add_argument("--batch", type=int, default=4, help="samples per step (default 4)")
+    train_int.add_argument(
+        "--workers", type=int, default=1, help="processes drawing the scenes, one stream each (default 1)"
+    )
+    train_int.add_argument(
+        "--reuse", type=int, default=1, help="steps per drawn batch, repeats flipped and transposed (default 1)"
+    )
+    train_int.add_argument("--device", default="auto", help="where the network learns: auto, cuda, mps or cpu")
     train_int.set_defaults(handler=command_train_interactive)
 
     evaluate = commands.add_parser(

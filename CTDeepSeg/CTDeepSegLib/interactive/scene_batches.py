@@ -16,14 +16,17 @@ from .training import InteractiveRecipe, draw_scene, make_sample
 
 
 class SceneBatches(torch.utils.data.IterableDataset):
-    """Endless (inputs, targets) batches of the recipe, drawn from its seed: two samples per scene."""
+    """Endless (inputs, targets) batches of the recipe, drawn from its seed: two samples per scene. The first
+    worker draws the seed's own stream (what a single worker draws); each further worker the stream of (seed, its
+    number)."""
 
     def __init__(self, recipe: InteractiveRecipe, lesions: dict, organs: dict) -> None:
         super().__init__()
         self.recipe, self.lesions, self.organs = recipe, lesions, organs
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        recipe, rng = self.recipe, np.random.default_rng(self.recipe.seed)
+        recipe, worker = self.recipe, torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(recipe.seed if worker is None or worker.id == 0 else [recipe.seed, worker.id])
         while True:
             samples = []
             while len(samples) < recipe.batch:

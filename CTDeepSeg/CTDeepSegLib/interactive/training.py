@@ -51,6 +51,8 @@ class InteractiveRecipe:
     prompt_dropout: float = 0.4  # share of samples whose points are hidden: the object must be seen in the image
     engine_scale: float = 0.0  # share of lesion scenes at the cube the engine uses for a first click (see below)
     start_from: str | None = None  # a model folder to continue from (same network), instead of random weights
+    workers: int = 1  # processes drawing scenes, each its own stream (the first: the one 1.0.0 and 1.1.0 saw)
+    reuse: int = 1  # steps per drawn batch: the repeats see it flipped and transposed (cheap where a GPU waits)
 
 
 def load_sources(cache: Path | None = None) -> tuple[dict[str, RealSource], dict[str, RealSource]]:
@@ -115,9 +117,12 @@ def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dic
 
 def _interior_point(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """A point well inside the mask: among the voxels at least 40 % as deep as the deepest (a user's click is
-    near the middle, not exactly at it)."""
-    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-    candidates = np.argwhere(depth >= 0.4 * depth.max())
+    near the middle, not exactly at it). The depth is measured in the mask's box with a one-voxel margin: the
+    nearest outside voxel of any inside one lies there, so the depths and the candidates' order are those of the
+    whole cube, at a fraction of its cost (this was half the time of drawing a training sample)."""
+    box = bounding_box(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask[box], 1))[1:-1, 1:-1, 1:-1]
+    candidates = np.argwhere(depth >= 0.4 * depth.max()) + np.array([s.start for s in box])
     return candidates[rng.integers(len(candidates))].astype(float)
 
 
@@ -202,15 +207,25 @@ def _dice(probability: np.ndarray, truth: np.ndarray) -> float:
 
 
 def train_interactive(
-    output: Path, recipe: InteractiveRecipe | None = None, progress: Progress | None = None, cache: Path | None = None
+    output: Path,
+    recipe: InteractiveRecipe | None = None,
+    progress: Progress | None = None,
+    cache: Path | None = None,
+    device: str = "auto",
+    sources: tuple[dict, dict] | None = None,
 ):
-    """Train by ``recipe`` (default: the shipped model's) and write the model folder ``output``; returns its card."""
+    """Train by ``recipe`` (default: the shipped model's) and write the model folder ``output``; returns its card.
+    ``sources`` (lesion backgrounds, organ sources) replaces ``load_sources``, for a machine without the readers
+    of the scans' formats; ``device`` is where the network learns (auto: CUDA, then MPS, then CPU); the scenes are
+    always drawn on the CPU."""
     import torch
     from monai.losses import DiceLoss
     from monai.networks.nets import UNet
 
+    from ..inference import pick_device
     from ..model_store import save_model
 
+    device = pick_device(device)
     output = Path(output)
     if output.exists():
         raise CTDeepSegError(f"{output}: already exists; choose another model folder.")
@@ -218,10 +233,10 @@ def train_interactive(
     recipe = recipe or InteractiveRecipe()
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
-    # one core is left to the process that draws the scenes (two processes fighting over every core cost more)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    # the cores beyond the scene-drawing processes learn (processes fighting over every core cost more)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - recipe.workers) if device == "cpu" else 1)
     progress.update(0.0, "Loading the real scans")
-    lesions, organs = load_sources(cache)
+    lesions, organs = sources or load_sources(cache)
     validation_rng = np.random.default_rng(recipe.seed + 1_000_003)
     validation = [
         make_sample(validation_rng, *draw_scene(validation_rng, recipe, lesions, organs), recipe.sigma_voxels)
@@ -239,6 +254,7 @@ def train_interactive(
     network = UNet(**network_args)
     if recipe.start_from:
         network.load_state_dict(_start_weights(recipe.start_from, network_args))
+    network.to(device)
     dice_loss, bce = DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
     optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -246,10 +262,11 @@ def train_interactive(
     )
     best: tuple[float, dict] = (-1.0, {})
     curve, losses = [], []
-    batches = _batches(recipe, lesions, organs)
+    batches = _reused(drawn_batches(recipe, lesions, organs), recipe)
     for iteration, (inputs, targets) in zip(range(1, recipe.iterations + 1), batches):
         network.train()
         optimiser.zero_grad()
+        inputs, targets = inputs.to(device), targets.to(device)
         logits = network(inputs)
         loss = dice_loss(logits, targets) + bce(logits, targets)
         loss.backward()
@@ -261,19 +278,38 @@ def train_interactive(
             network.eval()
             with torch.inference_mode():
                 scores = [
-                    _dice(torch.sigmoid(network(torch.from_numpy(x[None])))[0, 0].numpy(), y) for x, y in validation
+                    _dice(torch.sigmoid(network(torch.from_numpy(x[None]).to(device)))[0, 0].cpu().numpy(), y)
+                    for x, y in validation
                 ]
             score = float(np.mean(scores))
             curve.append(
                 {"iteration": iteration, "loss": round(float(np.mean(losses[-50:])), 4), "dice": round(score, 4)}
             )
             if score > best[0]:
-                best = (score, {k: v.detach().clone() for k, v in network.state_dict().items()})
+                best = (score, {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()})
                 if iteration < recipe.iterations:  # an interrupted run still leaves its best model so far
-                    card = _card(output, recipe, network_args, best[0], curve, started, finished=False)
+                    card = _card(output, recipe, network_args, best[0], curve, started, device, finished=False)
                     save_model(output, card, best[1], overwrite=True)
-    card = _card(output, recipe, network_args, best[0], curve, started, finished=True)
+    card = _card(output, recipe, network_args, best[0], curve, started, device, finished=True)
     return save_model(output, card, best[1], overwrite=True)
+
+
+def _reused(batches, recipe: InteractiveRecipe):
+    """Each batch ``recipe.reuse`` times: as drawn, then flipped and transposed at random (every channel is a map
+    of the same cube, so the prompts and the target turn with the image). Where the network learns faster than
+    the scenes are drawn (a GPU), the repeats are steps that cost no drawing."""
+    import torch
+
+    turns = torch.Generator().manual_seed(recipe.seed)
+    for inputs, targets in batches:
+        yield inputs, targets
+        for _ in range(recipe.reuse - 1):
+            order = [0, 1, *(2 + torch.randperm(3, generator=turns)).tolist()]
+            flips = [axis for axis in (2, 3, 4) if torch.rand(1, generator=turns).item() < 0.5]
+            yield (
+                inputs.permute(order).flip(flips).contiguous(),
+                targets.permute(order).flip(flips).contiguous(),
+            )
 
 
 def _start_weights(folder: str, network_args: dict) -> dict:
@@ -286,15 +322,16 @@ def _start_weights(folder: str, network_args: dict) -> dict:
     return network.state_dict()
 
 
-def _batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
-    """Training batches, made in a second process while the network learns from the previous ones (on two cores
-    drawing the scenes costs as much time as the network's step). One worker, seeded by the recipe: reproducible."""
+def drawn_batches(recipe: InteractiveRecipe, lesions: dict, organs: dict):
+    """Training batches, made in other processes while the network learns from the previous ones (on two cores
+    drawing the scenes costs as much time as the network's step). Each worker is seeded by the recipe and its
+    number, and the loader takes their batches in turn: reproducible for a given number of workers."""
     import torch
 
     from .scene_batches import SceneBatches
 
     return torch.utils.data.DataLoader(
-        SceneBatches(recipe, lesions, organs), batch_size=None, num_workers=1, prefetch_factor=4
+        SceneBatches(recipe, lesions, organs), batch_size=None, num_workers=recipe.workers, prefetch_factor=4
     )
 
 
@@ -308,6 +345,9 @@ def _command(output: Path, recipe: InteractiveRecipe) -> str:
         words += f" --engine-scale {recipe.engine_scale:g}"
     if recipe.start_from:
         words += f" --start-from {recipe.start_from}"
+    for option in ("batch", "workers", "reuse"):
+        if getattr(recipe, option) != getattr(defaults, option):
+            words += f" --{option} {getattr(recipe, option)}"
     return words
 
 
@@ -318,6 +358,7 @@ def _card(
     score: float,
     curve: list,
     started: float,
+    device: str,
     finished: bool,
 ) -> dict:
     """The model card of a (finished or interrupted) training run."""
@@ -352,6 +393,7 @@ def _card(
             },
             "software": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__},
             "training_seconds": round(time.monotonic() - started, 1),
+            "device": device,
             "finished": finished,
         },
         "validation": {"validation_scenes": {"dice": round(score, 4), "samples": recipe.validation_samples}},
