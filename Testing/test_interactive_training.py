@@ -180,3 +180,53 @@ def test_training_can_continue_from_a_model_with_the_same_network(tmp_path):
             tmp_path / "wrong",
             InteractiveRecipe(iterations=2, start_from=str(Path(start).parent / "ctdeepseg-phantom-ct")),
         )
+
+
+def test_a_lesion_seen_as_acquired_is_smeared_across_thick_slices_only():
+    """A step edge on the cube, seen through a scan of 5 mm slices and 0.625 mm pixels: along the slices it rises
+    over one to two slices (8-16 cube voxels); across the pixels it stays as sharp as the cube."""
+    image = Volume(np.zeros((24, 96, 96), np.float32), (0.625, 0.625, 5.0), (0, 0, 0), np.eye(3))
+    crop = synthesis.Crop(image.index_to_physical(np.array([[48.0, 48.0, 12.0]]))[0], 0.625, 64)
+
+    def rise(axis: int) -> float:
+        step = np.zeros((64, 64, 64), np.float32)
+        step[(slice(None),) * axis + (slice(0, 32),)] = 1.0
+        seen = synthesis.acquired(image, crop, step)
+        profile = np.moveaxis(seen, axis, 0)[:, 32, 32]
+        assert profile[0] > 0.99 and profile[-1] < 0.01
+        return float(np.sum((profile > 0.1) & (profile < 0.9)))
+
+    assert 5 <= rise(0) <= 16, rise(0)  # the slab's average, then linear interpolation between slices
+    assert rise(1) <= 2 and rise(2) <= 2, (rise(1), rise(2))
+
+
+def test_a_lesion_seen_as_acquired_keeps_its_true_shape_as_the_object():
+    source = synthesis.RealSource(
+        Volume(np.random.default_rng(0).normal(0, 20, (24, 96, 96)).astype(np.float32), (0.625, 0.625, 5.0)), "CT"
+    )
+    plain = synthesis.lesion_scene(np.random.default_rng(4), source, spacing=0.625)
+    seen = synthesis.lesion_scene(np.random.default_rng(4), source, spacing=0.625, as_acquired=True)
+    assert np.array_equal(plain[1], seen[1]) and plain[1].sum() > 100
+    inside, outside = plain[1], ~ndimage.binary_dilation(plain[1], iterations=12)
+    for image in (plain[0], seen[0]):  # the lesion is there in both, apart from the tissue
+        assert abs(np.median(image[inside]) - np.median(image[outside])) > 20
+    assert not np.allclose(plain[0], seen[0], atol=1.0)
+
+
+def test_the_command_line_gives_every_recipe_option_and_its_command_repeats_them():
+    from CTDeepSegLib.cli import build_parser, interactive_recipe
+    from CTDeepSegLib.interactive.training import _command
+
+    words = "--seed 3 --iterations 2000 --learning-rate 0.001 --engine-scale 0.5 --as-acquired 1"
+    words += " --start-from results/v1.1 --batch 8 --workers 15 --reuse 3"
+    arguments = build_parser().parse_args(["train-interactive", "-o", "results/v1.2", *words.split()])
+    recipe = interactive_recipe(arguments)
+    assert (recipe.seed, recipe.iterations, recipe.learning_rate, recipe.engine_scale) == (3, 2000, 0.001, 0.5)
+    assert (recipe.as_acquired, recipe.start_from, recipe.batch, recipe.workers, recipe.reuse) == (
+        1.0,
+        "results/v1.1",
+        8,
+        15,
+        3,
+    )
+    assert _command(Path("results/v1.2"), recipe) == f"ctdeepseg train-interactive -o results/v1.2 {words}"

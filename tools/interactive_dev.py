@@ -1,6 +1,6 @@
 """The interactive engine's development set: where its inference settings are chosen, never on evaluation cases.
 
-    python tools/interactive_dev.py [--model FOLDER] [--lesions 24] [--clicks 5] [--set KEY=VALUE ...]
+    python tools/interactive_dev.py [--model FOLDER] [--lesions 24] [--clicks 5] [--as-acquired] [--set KEY=VALUE ...]
 
 Two groups, both from data the recipe may train on (so the figures are optimistic in absolute terms and serve
 only to compare settings side by side):
@@ -11,7 +11,7 @@ only to compare settings side by side):
 * ts_ct's labelled organs on its own grid (liver, spleen, kidneys, stomach, aorta, a vertebra).
 
 Each object is clicked by the simulated protocol (``evaluation.replay``). ``--set`` overrides the card's
-``interactive`` settings (e.g. ``--set first_click_fields_mm=[]``) to compare strategies in one run.
+``interactive`` settings (e.g. ``--set default_fov_mm=56`` or ``--set threshold=0.4``) to compare them side by side.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ SEED = 20_261_204
 ORGANS = (5, 1, 2, 3, 6, 52, 31)
 
 
-def lesion_images(count: int) -> list[tuple[str, Volume, np.ndarray]]:
-    """``count`` real backgrounds with one inserted lesion each: (title, image, lesion mask)."""
+def lesion_images(count: int, as_acquired: bool = False) -> list[tuple[str, Volume, np.ndarray]]:
+    """``count`` real backgrounds with one inserted lesion each: (title, image, lesion mask); ``as_acquired``: the
+    same lesions, seen through each scan's own voxels (lung2's 5 mm and brain1's 6.5 mm slices smear them)."""
     rng = np.random.default_rng(SEED)
     sources, _ = load_sources()
     names = sorted(sources)
@@ -46,7 +47,7 @@ def lesion_images(count: int) -> list[tuple[str, Volume, np.ndarray]]:
     while len(found) < count:
         name = names[len(found) % len(names)]
         spacing = float(rng.uniform(0.7, 1.5))
-        scene = lesion_scene(rng, sources[name], context=128, spacing=spacing)
+        scene = lesion_scene(rng, sources[name], context=128, spacing=spacing, as_acquired=as_acquired)
         if scene is None:
             continue
         image, target, _ = scene
@@ -68,13 +69,14 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings")
     parser.add_argument("--per-object", action="store_true")
+    parser.add_argument("--as-acquired", action="store_true", help="lesions seen through each scan's own voxels")
     arguments = parser.parse_args()
     card, network = open_model(arguments.model, task="interactive")
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in arguments.settings)}
     card = replace(card, data={**card.data, "interactive": {**card.data.get("interactive", {}), **overrides}})
     method = model_method(card, network, "cpu")
     traces = []
-    for title, volume, truth in lesion_images(arguments.lesions):
+    for title, volume, truth in lesion_images(arguments.lesions, arguments.as_acquired):
         dice, seconds = replay(volume, truth, method, arguments.clicks)
         traces.append(Trace("dev lesions", title, "ctdeepseg", dice, seconds))
     image, organs = organ_objects()

@@ -3,11 +3,12 @@
     python tools/interactive_gpu.py pack SOURCES.npz              # here: the recipe's real scans, as arrays
     python tools/interactive_gpu.py train SOURCES.npz MODEL --seconds 420 [--start-from FOLDER] [recipe options]
 
-``pack`` stores the recipe's real sources (``training.load_sources``: images, labels, the points kept away from)
-in one compressed file, so the machine needs neither SimpleITK nor the network. ``train`` first measures how many
-batches per second the scene-drawing workers give there, then runs ``train_interactive`` for as many iterations
-as fit in ``--seconds`` (the learning-rate schedule needs its length up front); the card's command reproduces the
-run with that number. Scenes are drawn on the CPU whatever the device, so the workers, not the GPU, set the pace.
+``pack`` stores the recipe's real sources (``training.load_sources``: images, labels, the points kept away
+from) in one compressed file, so the machine needs neither SimpleITK nor the network. ``train`` first measures
+how many batches per second the scene-drawing workers give there (``--workers`` defaults to all cores but one
+here), then runs ``train_interactive`` for as many iterations as fit in ``--seconds`` (the learning-rate schedule
+needs its length up front); the card's command reproduces the run with that number. Scenes are drawn on the CPU
+whatever the device, so the workers, not the GPU, set the pace.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CTDeepSeg"))
 
 import numpy as np  # noqa: E402
 
+from CTDeepSegLib.cli import add_interactive_recipe_arguments, interactive_recipe  # noqa: E402
 from CTDeepSegLib.interactive.synthesis import RealSource  # noqa: E402
 from CTDeepSegLib.interactive.training import (  # noqa: E402
     InteractiveRecipe,
@@ -98,20 +101,12 @@ def batches_per_second(recipe: InteractiveRecipe, sources: tuple[dict, dict], se
 def train(arguments: argparse.Namespace) -> None:
     started = time.monotonic()
     sources = unpack(Path(arguments.sources))
-    recipe = InteractiveRecipe(
-        seed=arguments.seed,
-        learning_rate=arguments.learning_rate,
-        engine_scale=arguments.engine_scale,
-        start_from=arguments.start_from,
-        batch=arguments.batch,
-        workers=arguments.workers or max(1, (os.cpu_count() or 2) - 1),
-        reuse=arguments.reuse,
-    )
+    recipe = interactive_recipe(arguments, workers=arguments.workers or max(1, (os.cpu_count() or 2) - 1))
     rate = batches_per_second(recipe, sources, arguments.probe)
     left = arguments.seconds - (time.monotonic() - started) - arguments.margin
     iterations = int(rate * recipe.reuse * left)
     print(f"{recipe.workers} workers draw {rate:.2f} batches of {recipe.batch}/s; {iterations} iterations", flush=True)
-    recipe = InteractiveRecipe(**{**recipe.__dict__, "iterations": iterations})
+    recipe = replace(recipe, iterations=iterations)
     last = [0.0]
 
     def report(info: ProgressInfo) -> None:
@@ -136,13 +131,8 @@ def main() -> None:
     training.add_argument("--seconds", type=float, required=True, help="wall-clock budget of the whole command")
     training.add_argument("--margin", type=float, default=60.0, help="seconds kept for validation and saving")
     training.add_argument("--probe", type=float, default=25.0, help="seconds spent measuring the workers' pace")
-    training.add_argument("--seed", type=int, default=0)
-    training.add_argument("--learning-rate", type=float, default=2e-3)
-    training.add_argument("--engine-scale", type=float, default=0.0)
-    training.add_argument("--start-from")
-    training.add_argument("--batch", type=int, default=4)
-    training.add_argument("--workers", type=int, default=0, help="default: all cores but one")
-    training.add_argument("--reuse", type=int, default=1)
+    add_interactive_recipe_arguments(training, iterations=False)
+    training.set_defaults(workers=0)  # all cores but one
     training.add_argument("--device", default="auto")
     arguments = parser.parse_args()
     if arguments.command == "pack":

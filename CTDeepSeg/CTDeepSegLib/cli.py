@@ -13,6 +13,7 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .dependencies import REQUIREMENTS
@@ -554,19 +555,49 @@ def command_evaluate_clicks(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def command_train_interactive(arguments: argparse.Namespace) -> int:
-    from .interactive.training import InteractiveRecipe, train_interactive
-
-    recipe = InteractiveRecipe(
-        seed=arguments.seed,
-        iterations=arguments.iterations,
-        learning_rate=arguments.learning_rate,
-        engine_scale=arguments.engine_scale,
-        start_from=arguments.start_from,
-        batch=arguments.batch,
-        workers=arguments.workers,
-        reuse=arguments.reuse,
+def add_interactive_recipe_arguments(parser: argparse.ArgumentParser, iterations: bool = True) -> None:
+    """The interactive recipe's options, for ``train-interactive`` and the tools that train it elsewhere (without
+    ``--iterations`` where the tool works out the number itself)."""
+    parser.add_argument("--seed", type=int, default=0)
+    if iterations:
+        parser.add_argument("--iterations", type=int, default=4500)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--engine-scale",
+        type=float,
+        default=0.0,
+        help="share of lesion scenes shown at the cube the engine uses for a first click (default 0)",
     )
+    parser.add_argument(
+        "--as-acquired",
+        type=float,
+        default=0.0,
+        help="share of lesion scenes seen through the scan's own voxels, as its real lesions look (default 0)",
+    )
+    parser.add_argument("--start-from", help="a model folder to continue training from (same network)")
+    parser.add_argument("--batch", type=int, default=4, help="samples per step (default 4)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes drawing the scenes, one stream each (default 1)"
+    )
+    parser.add_argument(
+        "--reuse", type=int, default=1, help="steps per drawn batch, repeats flipped and transposed (default 1)"
+    )
+
+
+def interactive_recipe(arguments: argparse.Namespace, **changes: Any):
+    """The interactive recipe of ``add_interactive_recipe_arguments``'s options (and ``changes``)."""
+    from dataclasses import fields
+
+    from .interactive.training import InteractiveRecipe
+
+    given = {f.name: getattr(arguments, f.name) for f in fields(InteractiveRecipe) if hasattr(arguments, f.name)}
+    return InteractiveRecipe(**{**given, **changes})
+
+
+def command_train_interactive(arguments: argparse.Namespace) -> int:
+    from .interactive.training import train_interactive
+
+    recipe = interactive_recipe(arguments)
     card = train_interactive(Path(arguments.output), recipe, Progress(_print_progress), device=arguments.device)
     figures = card["validation"]["validation_scenes"]
     print(f"Wrote interactive model {card.name} to {card.folder}; validation Dice {figures['dice']:.3f}")
@@ -784,23 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train-interactive", help="train the interactive (click) model: the shipped model's recipe"
     )
     train_int.add_argument("-o", "--output", required=True, help="new model folder")
-    train_int.add_argument("--seed", type=int, default=0)
-    train_int.add_argument("--iterations", type=int, default=4500)
-    train_int.add_argument("--learning-rate", type=float, default=2e-3)
-    train_int.add_argument(
-        "--engine-scale",
-        type=float,
-        default=0.0,
-        help="share of lesion scenes shown at the cube the engine uses for a first click (default 0)",
-    )
-    train_int.add_argument("--start-from", help="a model folder to continue training from (same network)")
-    train_int.add_argument("--batch", type=int, default=4, help="samples per step (default 4)")
-    train_int.add_argument(
-        "--workers", type=int, default=1, help="processes drawing the scenes, one stream each (default 1)"
-    )
-    train_int.add_argument(
-        "--reuse", type=int, default=1, help="steps per drawn batch, repeats flipped and transposed (default 1)"
-    )
+    add_interactive_recipe_arguments(train_int)
     train_int.add_argument("--device", default="auto", help="where the network learns: auto, cuda, mps or cpu")
     train_int.set_defaults(handler=command_train_interactive)
 

@@ -54,17 +54,19 @@ class Crop:
             cval=cval,
         )
 
-    def region(self, volume: Volume) -> tuple[slice, ...]:
-        """The image voxels inside the cube (k, j, i slices), clipped to the image."""
+    def region(self, volume: Volume, margin: int = 0) -> tuple[slice, ...]:
+        """The image voxels inside the cube, and ``margin`` more on each side (k, j, i slices), clipped to the
+        image."""
         scale, offset = self._scale_offset(volume)
-        low = np.ceil(offset - 1e-6).astype(int)
-        high = np.floor(offset + scale * (self.size - 1) + 1e-6).astype(int) + 1
+        low = np.ceil(offset - 1e-6).astype(int) - margin
+        high = np.floor(offset + scale * (self.size - 1) + 1e-6).astype(int) + 1 + margin
         return tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(low, high, volume.shape))
 
-    def paste(self, volume: Volume, values: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
-        """``values`` (on the cube) resampled onto the image voxels inside the cube: (their slices, the values)."""
+    def paste(self, volume: Volume, values: np.ndarray, margin: int = 0) -> tuple[tuple[slice, ...], np.ndarray]:
+        """``values`` (on the cube) resampled onto the image voxels inside the cube (and ``margin`` more, given
+        the cube's nearest values): (their slices, the values)."""
         scale, offset = self._scale_offset(volume)
-        region = self.region(volume)
+        region = self.region(volume, margin)
         start = np.array([s.start for s in region], dtype=np.float64)
         shape = tuple(s.stop - s.start for s in region)
         if min(shape) <= 0:

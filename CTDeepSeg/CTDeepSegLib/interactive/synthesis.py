@@ -156,16 +156,33 @@ def _spacing(source: RealSource, extent_mm: float, fraction: float) -> float:
     return max(extent_mm / (fraction * SIZE), floor)
 
 
+def acquired(image: Volume, crop: Crop, values: np.ndarray) -> np.ndarray:
+    """``values`` (on the cube) as the scanner of ``image`` would show them on it: averaged over each of the
+    image's voxels (a 5 mm slice averages 5 mm of tissue), sampled on the image's grid, and resampled linearly
+    onto the cube, as the cube's background was. A lesion drawn straight onto a fine cube cut from a thick-slice
+    scan is sharp along the slices where the real tissue around it is smeared: a look no real lesion has."""
+    widths = np.asarray(image.spacing[::-1], dtype=np.float64) / crop.spacing
+    for axis, width in enumerate(widths):
+        if width >= 1.5:
+            values = ndimage.uniform_filter1d(values, int(round(width)), axis=axis, mode="nearest")
+    region, on_grid = crop.paste(image, values, margin=1)  # the image voxels around the cube's edges too
+    start = np.array([[s.start for s in region]], dtype=np.float64)[:, ::-1]
+    layer = Volume(on_grid, image.spacing, image.index_to_physical(start)[0], image.direction)
+    return crop.sample(layer, order=1, fill=0.0)
+
+
 def lesion_scene(
     rng: np.random.Generator,
     source: RealSource,
     context: int = CONTEXT,
     spacing: float | Callable[[float], float] | None = None,
+    as_acquired: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(image, object, spacing) with a lesion drawn into a cube of a real scan; None when no place was found.
     By default the spacing fits the cube to the lesion (it fills 0.3-0.85 of the network's cube); ``spacing``
     may instead be a number (with a larger ``context``: whole test images in which the size must be found) or a
-    function of the lesion's diameter in mm."""
+    function of the lesion's diameter in mm. ``as_acquired`` shows the lesion through the scan's own voxels
+    (``acquired``), as a real lesion of that scan looks; the object stays the lesion's true shape."""
     diameter = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
     if spacing is None:
         spacing = _spacing(source, diameter, rng.uniform(0.3, 0.85))
@@ -178,7 +195,8 @@ def lesion_scene(
             break
     else:
         return None
-    cube = Crop(point, spacing, context).sample(source.image)
+    crop = Crop(point, spacing, context)
+    cube = crop.sample(source.image)
     centre = np.array([context / 2] * 3) + rng.normal(0, 2, 3)
     target = blob(rng, cube.shape, centre, diameter / 2 / spacing)
     if target.sum() < 8:
@@ -194,6 +212,8 @@ def lesion_scene(
         noise = rng.uniform(0.02, 0.1) * spread
     lesion = value + noise * ndimage.gaussian_filter(rng.normal(0, 1, cube.shape), 1.0) * 2
     weight = ndimage.gaussian_filter(target.astype(np.float32), rng.uniform(0.4, 1.0))
+    if as_acquired:
+        return (cube + acquired(source.image, crop, (lesion - cube) * weight)).astype(np.float32), target, spacing
     return (cube * (1 - weight) + lesion * weight).astype(np.float32), target, spacing
 
 

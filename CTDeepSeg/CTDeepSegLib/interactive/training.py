@@ -50,6 +50,7 @@ class InteractiveRecipe:
     sigma_voxels: float = 2.0
     prompt_dropout: float = 0.4  # share of samples whose points are hidden: the object must be seen in the image
     engine_scale: float = 0.0  # share of lesion scenes at the cube the engine uses for a first click (see below)
+    as_acquired: float = 0.0  # share of lesion scenes seen through the scan's own voxels (synthesis.acquired)
     start_from: str | None = None  # a model folder to continue from (same network), instead of random weights
     workers: int = 1  # processes drawing scenes, each its own stream (the first: the one 1.0.0 and 1.1.0 saw)
     reuse: int = 1  # steps per drawn batch: the repeats see it flipped and transposed (cheap where a GPU waits)
@@ -106,11 +107,13 @@ def draw_scene(rng: np.random.Generator, recipe: InteractiveRecipe, lesions: dic
         name = names[rng.choice(len(names), p=np.array([weights[n] for n in names]) / sum(weights.values()))]
         if kind == 2:
             scene = organ_scene(rng, organs[name])
-        elif recipe.engine_scale and rng.uniform() < recipe.engine_scale:  # no draw at 0: 1.0.0's stream as it was
-            source = lesions[name]
-            scene = lesion_scene(rng, source, spacing=lambda diameter, s=source: engine_spacing(rng, s, diameter))
         else:
-            scene = lesion_scene(rng, lesions[name])
+            # no draw for an option at 0: the stream of 1.0.0 and 1.1.0 as it was
+            at_engine = bool(recipe.engine_scale) and rng.uniform() < recipe.engine_scale
+            as_acquired = bool(recipe.as_acquired) and rng.uniform() < recipe.as_acquired
+            source = lesions[name]
+            spacing = (lambda diameter, s=source: engine_spacing(rng, s, diameter)) if at_engine else None
+            scene = lesion_scene(rng, source, spacing=spacing, as_acquired=as_acquired)
         if scene is not None:
             return scene[0], scene[1]
 
@@ -343,6 +346,8 @@ def _command(output: Path, recipe: InteractiveRecipe) -> str:
         words += f" --learning-rate {recipe.learning_rate:g}"
     if recipe.engine_scale != defaults.engine_scale:
         words += f" --engine-scale {recipe.engine_scale:g}"
+    if recipe.as_acquired != defaults.as_acquired:
+        words += f" --as-acquired {recipe.as_acquired:g}"
     if recipe.start_from:
         words += f" --start-from {recipe.start_from}"
     for option in ("batch", "workers", "reuse"):
