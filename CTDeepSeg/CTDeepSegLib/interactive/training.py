@@ -342,17 +342,10 @@ def _command(output: Path, recipe: InteractiveRecipe) -> str:
     """The command line that reproduces a run of ``recipe``."""
     words = f"ctdeepseg train-interactive -o {output} --seed {recipe.seed} --iterations {recipe.iterations}"
     defaults = InteractiveRecipe()
-    if recipe.learning_rate != defaults.learning_rate:
-        words += f" --learning-rate {recipe.learning_rate:g}"
-    if recipe.engine_scale != defaults.engine_scale:
-        words += f" --engine-scale {recipe.engine_scale:g}"
-    if recipe.as_acquired != defaults.as_acquired:
-        words += f" --as-acquired {recipe.as_acquired:g}"
-    if recipe.start_from:
-        words += f" --start-from {recipe.start_from}"
-    for option in ("batch", "workers", "reuse"):
-        if getattr(recipe, option) != getattr(defaults, option):
-            words += f" --{option} {getattr(recipe, option)}"
+    for option in ("learning_rate", "engine_scale", "as_acquired", "start_from", "batch", "workers", "reuse"):
+        value = getattr(recipe, option)
+        if value != getattr(defaults, option):  # rates as written (1e-3 as 0.001), counts and a folder as they are
+            words += f" --{option.replace('_', '-')} {f'{value:g}' if isinstance(value, float) else value}"
     return words
 
 
