@@ -217,11 +217,12 @@ def test_the_command_line_gives_every_recipe_option_and_its_command_repeats_them
     from CTDeepSegLib.cli import build_parser, interactive_recipe
     from CTDeepSegLib.interactive.training import _command
 
-    words = "--seed 3 --iterations 2000 --learning-rate 0.001 --engine-scale 0.5 --as-acquired 1"
+    words = "--seed 3 --iterations 2000 --learning-rate 0.001 --engine-scale 0.5 --as-acquired 1 --mix 0.3 0.35 0.35"
     words += " --start-from results/v1.1 --batch 8 --workers 15 --reuse 3"
     arguments = build_parser().parse_args(["train-interactive", "-o", "results/v1.2", *words.split()])
     recipe = interactive_recipe(arguments)
     assert (recipe.seed, recipe.iterations, recipe.learning_rate, recipe.engine_scale) == (3, 2000, 0.001, 0.5)
+    assert recipe.mix == (0.3, 0.35, 0.35)
     assert (recipe.as_acquired, recipe.start_from, recipe.batch, recipe.workers, recipe.reuse) == (
         1.0,
         "results/v1.1",
@@ -230,3 +231,11 @@ def test_the_command_line_gives_every_recipe_option_and_its_command_repeats_them
         3,
     )
     assert _command(Path("results/v1.2"), recipe) == f"ctdeepseg train-interactive -o results/v1.2 {words}"
+
+
+def test_a_mix_that_is_not_three_shares_adding_up_to_one_is_refused():
+    from CTDeepSegLib.cli import build_parser, interactive_recipe
+
+    arguments = build_parser().parse_args(["train-interactive", "-o", "x", "--mix", "0.5", "0.5", "0.5"])
+    with pytest.raises(CTDeepSegError, match="add up to 1"):
+        interactive_recipe(arguments)

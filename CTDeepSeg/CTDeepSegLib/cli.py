@@ -574,6 +574,14 @@ def add_interactive_recipe_arguments(parser: argparse.ArgumentParser, iterations
         default=0.0,
         help="share of lesion scenes seen through the scan's own voxels, as its real lesions look (default 0)",
     )
+    parser.add_argument(
+        "--mix",
+        type=float,
+        nargs=3,
+        default=(0.4, 0.35, 0.25),
+        metavar=("SYNTHETIC", "LESIONS", "ORGANS"),
+        help="shares of synthetic objects, lesions drawn into real scans and real organs (default 0.4 0.35 0.25)",
+    )
     parser.add_argument("--start-from", help="a model folder to continue training from (same network)")
     parser.add_argument("--batch", type=int, default=4, help="samples per step (default 4)")
     parser.add_argument(
@@ -591,7 +599,12 @@ def interactive_recipe(arguments: argparse.Namespace, **changes: Any):
     from .interactive.training import InteractiveRecipe
 
     given = {f.name: getattr(arguments, f.name) for f in fields(InteractiveRecipe) if hasattr(arguments, f.name)}
-    return InteractiveRecipe(**{**given, **changes})
+    recipe = InteractiveRecipe(**{**given, "mix": tuple(given.get("mix", InteractiveRecipe.mix)), **changes})
+    if min(recipe.mix) < 0 or abs(sum(recipe.mix) - 1.0) > 1e-6:
+        raise CTDeepSegError(
+            f"--mix {' '.join(f'{v:g}' for v in recipe.mix)}: give three shares of at least 0 that add up to 1."
+        )
+    return recipe
 
 
 def command_train_interactive(arguments: argparse.Namespace) -> int:

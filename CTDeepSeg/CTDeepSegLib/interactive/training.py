@@ -342,10 +342,14 @@ def _command(output: Path, recipe: InteractiveRecipe) -> str:
     """The command line that reproduces a run of ``recipe``."""
     words = f"ctdeepseg train-interactive -o {output} --seed {recipe.seed} --iterations {recipe.iterations}"
     defaults = InteractiveRecipe()
-    for option in ("learning_rate", "engine_scale", "as_acquired", "start_from", "batch", "workers", "reuse"):
+    options = ("learning_rate", "engine_scale", "as_acquired", "mix", "start_from", "batch", "workers", "reuse")
+    for option in options:
         value = getattr(recipe, option)
         if value != getattr(defaults, option):  # rates as written (1e-3 as 0.001), counts and a folder as they are
-            words += f" --{option.replace('_', '-')} {f'{value:g}' if isinstance(value, float) else value}"
+            given = value if isinstance(value, tuple) else (value,)
+            words += f" --{option.replace('_', '-')} " + " ".join(
+                f"{v:g}" if isinstance(v, float) else str(v) for v in given
+            )
     return words
 
 
