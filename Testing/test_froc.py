@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from CTDeepSegLib.boxes import Box
-from CTDeepSegLib.detector import DEFAULT_DETECTOR_ARGS, _to_input_box, link_slices, suppress
+from CTDeepSegLib.detector import DEFAULT_DETECTOR_ARGS, _to_input_box, chain_candidates, link_slices, suppress
 from CTDeepSegLib.detector_training import DetectorRecipe, detector_card, slice_boxes
 from CTDeepSegLib.froc import froc, iou_3d, truth_boxes
 from CTDeepSegLib.inference import model_grid
@@ -95,6 +95,19 @@ def test_linking_bridges_one_missed_slice_and_suppression_drops_duplicates():
     assert candidates[1]["score"] == pytest.approx(0.6 / 3)
     duplicate = {**first, "score": 0.1, "lower": first["lower"] + 0.5}
     assert len(suppress([first, duplicate])) == 1
+
+
+def test_a_chain_much_wider_than_deep_is_dropped_at_the_cards_least_depth_ratio():
+    flat = np.array([[40.0, 40.0, 70.0, 70.0]])  # 60 mm wide in-plane over 3 slices (6 mm deep) at 2 mm
+    lesion = np.array([[10.0, 10.0, 20.0, 20.0]])  # 20 mm wide over 8 slices (16 mm deep)
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    per_slice = [empty] * 2 + [(lesion, np.array([0.7]))] * 8
+    per_slice[4:7] = [(np.concatenate([flat, lesion]), np.array([0.95, 0.7]))] * 3
+    settings = {"link_iou": 0.3, "nms_iou": 0.2}
+    assert [c["score"] for c in chain_candidates(per_slice, settings, (2.0, 2.0, 2.0))] == pytest.approx([0.95, 0.7])
+    (kept,) = chain_candidates(per_slice, {**settings, "min_depth_ratio": 0.3}, (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(kept["upper"] - kept["lower"], [10, 10, 8])
+    assert chain_candidates(per_slice, {**settings, "min_depth_ratio": 0.3}, (2.0, 2.0, 0.5)) == []  # 4 mm deep
 
 
 @needs_torch

@@ -202,15 +202,32 @@ def _to_input_box(volume: Volume, grid: Any, candidate: dict, label: str) -> Box
     return Box.from_index_bounds(volume, lower + start, upper + start - 1, label=label, score=candidate["score"])
 
 
-def _faster_rcnn_candidates(
+def plausible(candidate: dict, spacing_mm: Any, min_depth_ratio: float) -> bool:
+    """Whether a chain is deep enough along the slices for the lesions the detector is made for.
+
+    Nodules and tumours are roughly round: a chain of boxes much wider in-plane than it is deep (a vessel's
+    course, the heart's or the diaphragm's edge seen over a few slices) is one of the structures the detector
+    confuses with them. ``min_depth_ratio`` is the least depth over the larger in-plane extent, in mm."""
+    extent = (candidate["upper"] - candidate["lower"]) * np.asarray(spacing_mm, dtype=np.float64)
+    return bool(extent[2] >= min_depth_ratio * max(extent[0], extent[1]))
+
+
+def chain_candidates(per_slice: list[tuple[np.ndarray, np.ndarray]], settings: dict, spacing_mm: Any) -> list[dict]:
+    """3D candidates from the per-slice boxes: linked, kept if ``plausible`` (the card's ``min_depth_ratio``,
+    none when absent), then suppressed, so an implausible chain never hides a lesion it overlaps."""
+    ratio = float(settings.get("min_depth_ratio", 0.0))
+    chains = [c for c in link_slices(per_slice, settings["link_iou"]) if plausible(c, spacing_mm, ratio)]
+    return suppress(chains, settings["nms_iou"])
+
+
+def slice_detections(
     volume: Volume, card: Any, network: Any, device: str, batch: int, progress: Progress, notes: list[str]
-) -> list[Box]:
-    """Every linked 3D candidate of CTDeepSeg's 2.5D Faster R-CNN, best first (the module docstring's rule)."""
+) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+    """The model grid of ``volume`` and the Faster R-CNN's 2D boxes and scores on each of its axial slices."""
     import torch
 
     from .inference import model_grid, run_with_fallback
 
-    settings = card["detection"]
     grid = model_grid(volume, card)
     image = grid.resample(grid.oriented(volume.array), card["normalisation"])[0, 0]
 
@@ -225,8 +242,15 @@ def _faster_rcnn_candidates(
                     found.append((output["boxes"].float().cpu().numpy(), output["scores"].float().cpu().numpy()))
         return found
 
-    per_slice = run_with_fallback(run, device, batch, notes)
-    candidates = suppress(link_slices(per_slice, settings["link_iou"]), settings["nms_iou"])
+    return grid, run_with_fallback(run, device, batch, notes)
+
+
+def _faster_rcnn_candidates(
+    volume: Volume, card: Any, network: Any, device: str, batch: int, progress: Progress, notes: list[str]
+) -> list[Box]:
+    """Every linked 3D candidate of CTDeepSeg's 2.5D Faster R-CNN, best first (the module docstring's rule)."""
+    grid, per_slice = slice_detections(volume, card, network, device, batch, progress, notes)
+    candidates = chain_candidates(per_slice, card["detection"], card["spacing"])
     label = card.labels[0].name
     return [_to_input_box(volume, grid, candidate, label) for candidate in candidates]
 

@@ -228,13 +228,14 @@ def train_detector(output: Path, recipe: DetectorRecipe | None = None, progress:
     return save_model(output, card, best[1], overwrite=False)
 
 
-def _lung2_with_inserted_lesions(card, copies: int, seed: int) -> list:
-    """lung2 on the model's grid in HU, ``copies`` times with lesions inserted (its real lesion kept), and the
-    label volumes of all their lesions: held-out real backgrounds for FROC (never trained on)."""
+def with_inserted_lesions(name: str, card, copies: int, seed: int) -> list:
+    """A real case on the model's grid in HU, ``copies`` times with lesions inserted (its own lesions kept), and
+    the label volumes of all their lesions: a background for FROC that a detector was not trained on (lung2
+    for every shipped detector; a training background left out, when rules are chosen)."""
     from .real_anatomy import evaluation_case, on_model_grid
     from .volume import Volume
 
-    image, labels = on_model_grid(evaluation_case("lung2"), card)
+    image, labels = on_model_grid(evaluation_case(name), card)
     low, high = card["normalisation"]["window"]
     spacing = np.asarray(card["spacing"], dtype=np.float64)
     made = []
@@ -266,7 +267,7 @@ def real_detection_figures(card, network, copies: int = 4, seed: int = 7) -> dic
         "froc": froc({"lung2": found.candidates}, {"lung2": truth}).to_dict(),
     }
     predictions, truths = {}, {}
-    for number, (image, lesions) in enumerate(_lung2_with_inserted_lesions(card, copies, seed)):
+    for number, (image, lesions) in enumerate(with_inserted_lesions("lung2", card, copies, seed)):
         predictions[str(number)] = detect_volume(image, card, network, "cpu", threshold=0.0).candidates
         truths[str(number)] = truth_boxes(lesions, [1])
     figures["lung2_inserted"] = froc(predictions, truths).to_dict()
