@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CTDeepSeg"))
 import numpy as np  # noqa: E402
 from detector_figures import HELD_OUT_SEEDS  # noqa: E402
 
-from CTDeepSegLib.detector import _to_input_box, chain_candidates, slice_detections  # noqa: E402
+from CTDeepSegLib.detector import candidate_boxes, slice_detections  # noqa: E402
 from CTDeepSegLib.detector_training import LESION, with_inserted_lesions  # noqa: E402
 from CTDeepSegLib.froc import centre_inside, froc, truth_boxes  # noqa: E402
 from CTDeepSegLib.jobs import Progress  # noqa: E402
@@ -45,8 +45,7 @@ def figures(card, measured: list, ratio: float) -> tuple[float, float]:
     threshold = float(settings["score_threshold"])
     predictions, truths, false = {}, {}, []
     for number, (volume, truth, grid, per_slice) in enumerate(measured):
-        candidates = chain_candidates(per_slice, settings, card["spacing"])
-        boxes = [_to_input_box(volume, grid, c, card.labels[0].name) for c in candidates]
+        boxes = candidate_boxes(volume, grid, per_slice, card, settings)
         predictions[str(number)], truths[str(number)] = boxes, truth
         false.append(sum(b.score >= threshold and not any(centre_inside(b, t) for t in truth) for b in boxes))
     return froc(predictions, truths).cpm, float(np.mean(false))

@@ -250,7 +250,15 @@ def _faster_rcnn_candidates(
 ) -> list[Box]:
     """Every linked 3D candidate of CTDeepSeg's 2.5D Faster R-CNN, best first (the module docstring's rule)."""
     grid, per_slice = slice_detections(volume, card, network, device, batch, progress, notes)
-    candidates = chain_candidates(per_slice, card["detection"], card["spacing"])
+    return candidate_boxes(volume, grid, per_slice, card)
+
+
+def candidate_boxes(
+    volume: Volume, grid: Any, per_slice: list[tuple[np.ndarray, np.ndarray]], card: Any, settings: dict | None = None
+) -> list[Box]:
+    """The 3D candidates of ``slice_detections``' output as ``Box`` objects on ``volume``'s grid, best first, by
+    the card's chain rules or other ``settings`` (so rules can be compared without running the network again)."""
+    candidates = chain_candidates(per_slice, card["detection"] if settings is None else settings, card["spacing"])
     label = card.labels[0].name
     return [_to_input_box(volume, grid, candidate, label) for candidate in candidates]
 
