@@ -91,7 +91,7 @@ def test_linking_bridges_one_missed_slice_and_suppression_drops_duplicates():
     assert len(candidates) == 2  # slices 1-4 (one gap bridged), then a new chain at slice 8 (gap of 3)
     first = candidates[0]
     np.testing.assert_allclose(first["lower"], [10, 10, 1]) and np.testing.assert_allclose(first["upper"], [21, 21, 5])
-    assert first["score"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    assert first["score"] == pytest.approx((0.9 + 0.8 + 0.7) / 3) and first["span"] == 4
     assert candidates[1]["score"] == pytest.approx(0.6 / 3)
     duplicate = {**first, "score": 0.1, "lower": first["lower"] + 0.5}
     assert len(suppress([first, duplicate])) == 1
@@ -108,6 +108,19 @@ def test_a_chain_much_wider_than_deep_is_dropped_at_the_cards_least_depth_ratio(
     (kept,) = chain_candidates(per_slice, {**settings, "min_depth_ratio": 0.3}, (2.0, 2.0, 2.0))
     np.testing.assert_allclose(kept["upper"] - kept["lower"], [10, 10, 8])
     assert chain_candidates(per_slice, {**settings, "min_depth_ratio": 0.3}, (2.0, 2.0, 0.5)) == []  # 4 mm deep
+
+
+def test_the_depth_counts_a_chains_weak_ends_too():
+    # A 12 mm lesion found strongly only on its largest section: its two strong slices are 4 mm deep (less than
+    # 0.4 x 12 mm), the whole chain 10 mm; measured on the strong slices alone it would be dropped.
+    lesion = np.array([[10.0, 10.0, 16.0, 16.0]])
+    scores = [0.2, 0.3, 0.9, 0.8, 0.3]
+    per_slice = [(lesion, np.array([score])) for score in scores]
+    (chain,) = link_slices(per_slice)
+    assert chain["span"] == 5 and chain["upper"][2] - chain["lower"][2] == 2
+    settings = {"link_iou": 0.3, "nms_iou": 0.2, "min_depth_ratio": 0.4}
+    assert len(chain_candidates(per_slice, settings, (2.0, 2.0, 2.0))) == 1
+    assert chain_candidates(per_slice, {**settings, "min_depth_ratio": 0.9}, (2.0, 2.0, 2.0)) == []  # 10 < 10.8
 
 
 @needs_torch

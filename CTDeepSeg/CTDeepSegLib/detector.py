@@ -129,7 +129,8 @@ def link_slices(per_slice: list[tuple[np.ndarray, np.ndarray]], link_iou: float 
     """Chains of 2D boxes across slices (the module docstring's linking rule).
 
     ``per_slice[k]`` is (boxes (n, 4) as x0, y0, x1, y1, scores (n,)). Returns candidates with ``lower`` and
-    ``upper`` edges (x, y, slice) in grid units (slice k spans [k, k + 1)) and ``score``.
+    ``upper`` edges (x, y, slice) in grid units (slice k spans [k, k + 1)) of the chain's strong boxes, ``span``
+    (the slices the whole chain covers, weak ends included) and ``score``.
     """
     open_chains: list[dict] = []
     finished: list[dict] = []
@@ -164,6 +165,7 @@ def link_slices(per_slice: list[tuple[np.ndarray, np.ndarray]], link_iou: float 
             {
                 "lower": np.array([boxes[:, 0].min(), boxes[:, 1].min(), slices.min()], dtype=np.float64),
                 "upper": np.array([boxes[:, 2].max(), boxes[:, 3].max(), slices.max() + 1], dtype=np.float64),
+                "span": float(chain["slices"][-1] + 1 - chain["slices"][0]),
                 "score": float(np.sum(top) / 3.0),
             }
         )
@@ -207,9 +209,12 @@ def plausible(candidate: dict, spacing_mm: Any, min_depth_ratio: float) -> bool:
 
     Nodules and tumours are roughly round: a chain of boxes much wider in-plane than it is deep (a vessel's
     course, the heart's or the diaphragm's edge seen over a few slices) is one of the structures the detector
-    confuses with them. ``min_depth_ratio`` is the least depth over the larger in-plane extent, in mm."""
-    extent = (candidate["upper"] - candidate["lower"]) * np.asarray(spacing_mm, dtype=np.float64)
-    return bool(extent[2] >= min_depth_ratio * max(extent[0], extent[1]))
+    confuses with them. ``min_depth_ratio`` is the least depth over the larger in-plane extent, in mm. The depth
+    is the whole chain's ``span``, weak ends included: a lesion is often found strongly on only one or two slices
+    (its largest section), and the strong slices alone would drop true lesions of 1 cm and more."""
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    extent = (candidate["upper"] - candidate["lower"])[:2] * spacing[:2]
+    return bool(candidate["span"] * spacing[2] >= min_depth_ratio * max(extent))
 
 
 def chain_candidates(per_slice: list[tuple[np.ndarray, np.ndarray]], settings: dict, spacing_mm: Any) -> list[dict]:

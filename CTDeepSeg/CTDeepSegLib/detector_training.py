@@ -55,9 +55,12 @@ def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
         if recipe.real_backgrounds
         else "only on CTDeepSeg's synthetic phantoms"
     )
+    # Chosen on real backgrounds held out from training and on held-out phantoms (tools/detector_dev.py; the
+    # ct-detector card's "Depth rule"); the phantom detector's phantoms hold no flat chains to drop.
+    depth_rule = {"min_depth_ratio": 0.4} if recipe.real_backgrounds else {}
     return {
         "name": "ctdeepseg-ct-detector" if recipe.real_backgrounds else "ctdeepseg-phantom-detector",
-        "version": "2.0.0" if recipe.real_backgrounds else "1.0.0",
+        "version": "2.1.0" if recipe.real_backgrounds else "1.0.0",
         "task": "detection",
         "modality": "CT",
         "description": f"Demonstration lesion detector (lung nodules, liver lesions) on CT, trained {trained_on}. "
@@ -68,7 +71,7 @@ def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
         "orientation": "LPS",
         "normalisation": {"kind": "ct_window", "window": list(recipe.window)},
         "roi_size": [args["image_size"], args["image_size"], 3],
-        "detection": {"score_threshold": 0.5, "link_iou": 0.3, "nms_iou": 0.2},
+        "detection": {"score_threshold": 0.5, "link_iou": 0.3, "nms_iou": 0.2, **depth_rule},
     }
 
 
