@@ -104,38 +104,3 @@ def test_a_session_stays_up_between_requests_and_survives_a_bad_one():
     finally:
         session.close()
     assert not folder.exists() and not session.alive
-
-
-def test_a_lone_first_click_whose_answer_spans_the_cube_is_looked_at_wider():
-    import torch
-
-    from CTDeepSegLib.interactive.engine import segment_click
-
-    class LooksLikeTheClick(torch.nn.Module):
-        """Segments what looks like the clicked tissue (the encoding's second image channel near 0): a network
-        whose answer is known, so the cubes the engine chooses can be checked exactly."""
-
-        def forward(self, inputs):
-            return 8.0 * (0.5 - inputs[:, 1:2].abs())
-
-    rng = np.random.default_rng(0)
-    array = rng.uniform(0.0, 20.0, (100, 100, 100)).astype(np.float32)
-    zz, yy, xx = np.ogrid[:100, :100, :100]
-    ball = (zz - 50) ** 2 + (yy - 50) ** 2 + (xx - 50) ** 2 <= 15**2  # 31 mm across: 0.78 of the 40 mm first cube
-    array[ball] = 100.0
-    volume = Volume(array, np.ones(3), np.zeros(3), np.eye(3))
-    click = Prompts(include=[volume.index_to_physical(np.array([50.0, 50.0, 50.0]))])
-    network = LooksLikeTheClick()
-
-    def run(settings: dict, previous=None):
-        result = segment_click(volume, click, {"interactive": settings}, network, "cpu", previous)
-        found = result.mask.array > 0
-        return result.spacings, 2 * np.sum(found & ball) / (found.sum() + ball.sum())
-
-    spacings, dice = run({})
-    assert spacings == pytest.approx([0.625]) and dice > 0.95  # the answer does not touch the border: no growth
-    spacings, dice = run({"widen_from": 0.7})
-    assert spacings == pytest.approx([0.625, 1.125]) and dice > 0.95
-    assert run({"widen_from": 0.8})[0] == pytest.approx([0.625])  # spans less than that share
-    previous = volume.with_array(ball.astype(np.uint8))
-    assert len(run({"widen_from": 0.7}, previous)[0]) == 1  # a refinement: the previous mask already sized it

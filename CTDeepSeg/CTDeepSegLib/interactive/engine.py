@@ -3,10 +3,8 @@
 The network sees a cube of ``size``^3 voxels around the prompts, at a spacing chosen so the object fills about
 ``fraction`` of it: from the box when there is one, else from the previous mask with the points, else a default
 field of view around the first include point. When the object touches the cube's border, the cube is grown
-(coarser spacing, re-centred on the object) up to ``max_growth`` times. A lone first click (no box, no previous
-mask) whose answer already spans ``widen_from`` of the cube's side is looked at in a grown cube too (off when
-``widen_from`` is absent): a lesion larger than the first field can come back as a blob that never reaches the
-border. Only the cube's region of the previous mask is replaced, so earlier work elsewhere stays.
+(coarser spacing, re-centred on the object) up to ``max_growth`` times. Only the cube's region of the previous
+mask is replaced, so earlier work elsewhere stays.
 """
 
 from __future__ import annotations
@@ -95,13 +93,6 @@ def _touches_border(mask: np.ndarray) -> bool:
     return any(mask.take(index, axis=axis).any() for axis in range(3) for index in (0, -1))
 
 
-def _spans(mask: np.ndarray, share: float | None) -> bool:
-    """Whether the mask's largest extent is at least ``share`` of the cube's side (never when ``share`` is None)."""
-    if share is None or not mask.any():
-        return False
-    return max(s.stop - s.start for s in bounding_box(mask)) >= float(share) * mask.shape[0]
-
-
 def segment_click(
     volume: Volume,
     prompts: Prompts,
@@ -144,13 +135,7 @@ def segment_click(
         probability = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
         kept = _keep(probability > config["threshold"], include, box)
         probability = np.where(kept, probability, 0.0)
-        wide = _touches_border(kept) or (
-            attempt == 0
-            and _spans(kept, config.get("widen_from"))
-            and prompts.box is None
-            and (previous is None or not previous.array.any())
-        )
-        if not (wide and attempt < config["max_growth"]):
+        if not (_touches_border(kept) and attempt < config["max_growth"]):
             break
         object_box = bounding_box(kept)
         middle = np.array([(s.start + s.stop - 1) / 2 for s in object_box])
