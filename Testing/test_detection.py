@@ -41,6 +41,17 @@ def test_the_shipped_detector_is_small_checked_and_honest(detector):
     assert card["provenance"]["data"].startswith("synthetic phantoms")
 
 
+def test_the_recipe_writes_the_shipped_cards_version_and_chain_rules():
+    from CTDeepSegLib.detector import DEFAULT_DETECTOR_ARGS
+    from CTDeepSegLib.detector_training import DetectorRecipe, detector_card
+
+    real = DetectorRecipe(real_backgrounds=("ts_ct", "ts_cta"))
+    for folder, recipe in ((DEFAULT, real), (SHIPPED, DetectorRecipe())):
+        card, _ = load_model(folder)
+        made = detector_card(recipe, dict(DEFAULT_DETECTOR_ARGS))
+        assert (made["name"], made["version"], made["detection"]) == (card.name, card["version"], card["detection"])
+
+
 def test_cpm_target_on_held_out_phantoms(either):
     card, network = either
     predictions, truths = {}, {}
