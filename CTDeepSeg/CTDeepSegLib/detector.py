@@ -13,6 +13,8 @@ the Faster R-CNN returns 2D boxes with scores, and these are linked into 3D cand
   the highest IoU wins. Otherwise the box starts a new chain. A chain's 3D box spans the union of its
   boxes whose score is at least half the chain's best, over the slices they cover; its score is the mean of
   its three best slice scores (a missing slice counts as 0), so a blip seen on one slice only scores low.
+* **Depth rule** (the card's ``min_depth_ratio``, none when absent). A chain whose whole span of slices, weak
+  ends included, is less deep than that share of its box's larger in-plane extent is dropped (``plausible``).
 * **3D non-maximum suppression.** Candidates are taken by falling score; one whose 3D IoU with a kept
   candidate is at least ``nms_iou`` is dropped.
 * Boxes are mapped back to the input's voxel grid and expressed as ``Box`` objects (LPS millimetres, aligned
