@@ -55,8 +55,8 @@ def detector_card(recipe: DetectorRecipe, args: dict) -> dict:
         if recipe.real_backgrounds
         else "only on CTDeepSeg's synthetic phantoms"
     )
-    # Chosen on real backgrounds held out from training and on held-out phantoms (tools/detector_dev.py; the
-    # ct-detector card's "Depth rule"); the phantom detector's phantoms hold no flat chains to drop.
+    # Chosen for the real-background detector on backgrounds held out from training and on held-out phantoms
+    # (tools/detector_dev.py; the ct-detector card's "Depth rule"); the phantom detector was not measured with it.
     depth_rule = {"min_depth_ratio": 0.4} if recipe.real_backgrounds else {}
     return {
         "name": "ctdeepseg-ct-detector" if recipe.real_backgrounds else "ctdeepseg-phantom-detector",
